@@ -1,0 +1,95 @@
+"""Server-side aggregation of importance scores (DESIGN §1.3), pure numpy.
+
+Each client measures importance per matrix (and per expert) during its local steps and reports it
+together with the number of tokens it was averaged over. The server combines the reports with a
+token-weighted mean, so a client that saw more tokens counts proportionally more, exactly as if
+all tokens had been scored in one place. The round's estimate is noisy (only a few clients are
+sampled per round), so it is smoothed over rounds with an exponential moving average before it
+drives EEQA.
+
+Malformed reports are programming or protocol errors and raise ``ValueError``; an invalid ``beta``
+is a configuration value and raises ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+from smartfed.errors import ConfigError
+
+__all__ = ["ema_update", "weighted_mean"]
+
+
+def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted average ``Σ_c w_c v_c / Σ_c w_c`` of per-client importance arrays.
+
+    Args:
+        values: one array per client, all of the same shape (e.g. ``(P,)`` per matrix or
+            ``(P, M)`` per expert); must be finite.
+        weights: one non-negative weight per client, typically its token count. Zero weights are
+            allowed (that client is ignored) but not all of them.
+
+    Returns:
+        float64 array of the common shape.
+
+    Raises:
+        ValueError: empty input, length or shape mismatch, non-finite values, negative,
+            non-finite or all-zero weights.
+    """
+    if len(values) == 0:
+        raise ValueError("weighted_mean: no client values to aggregate")
+    if len(weights) != len(values):
+        raise ValueError(
+            f"weighted_mean: got {len(values)} value arrays but {len(weights)} weights"
+        )
+    arrays = [np.asarray(v, dtype=np.float64) for v in values]
+    shape = arrays[0].shape
+    for idx, arr in enumerate(arrays):
+        if arr.shape != shape:
+            raise ValueError(f"weighted_mean: value {idx} has shape {arr.shape}, expected {shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"weighted_mean: value {idx} contains NaN or inf")
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1:
+        raise ValueError(f"weighted_mean: weights must be 1-D, got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weighted_mean: weights contain NaN or inf")
+    if np.any(w < 0):
+        raise ValueError(f"weighted_mean: weights must be >= 0, got {w.tolist()}")
+    peak = float(w.max())
+    if peak <= 0:
+        raise ValueError("weighted_mean: all weights are zero")
+    # Scale by the largest weight, then normalise, so huge counts cannot overflow the sum.
+    scaled = w / peak
+    norm = scaled / scaled.sum()
+    return np.tensordot(norm, np.stack(arrays), axes=1)
+
+
+def ema_update(previous: np.ndarray | None, current: np.ndarray, beta: float = 0.7) -> np.ndarray:
+    """Exponential moving average ``beta · previous + (1 − beta) · current``.
+
+    ``beta`` is the weight of the history (DESIGN default 0.7): 0 means no smoothing (use this
+    round only); values near 1 make the quotas react slowly. With no history yet (first round)
+    the current estimate is returned as is (as a new float64 array, never an alias).
+
+    Raises:
+        ConfigError: ``beta`` is not a real number in ``[0, 1)``.
+        ValueError: shapes differ, or an input is not finite.
+    """
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < 1:
+        raise ConfigError(f"importance EMA beta must be a number in [0, 1), got {beta!r}")
+    cur = np.array(current, dtype=np.float64, copy=True)
+    if not np.all(np.isfinite(cur)):
+        raise ValueError("ema_update: current importance contains NaN or inf")
+    if previous is None:
+        return cur
+    prev = np.asarray(previous, dtype=np.float64)
+    if prev.shape != cur.shape:
+        raise ValueError(f"ema_update: previous shape {prev.shape} != current shape {cur.shape}")
+    if not np.all(np.isfinite(prev)):
+        raise ValueError("ema_update: previous importance contains NaN or inf")
+    beta = float(beta)
+    return beta * prev + (1.0 - beta) * cur

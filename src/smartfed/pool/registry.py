@@ -1,0 +1,162 @@
+"""The pool registry: short names (``cn_chat``, ``en_math``, ...) mapped to adapter sources.
+
+A manifest is a JSON file::
+
+    {"version": 1,
+     "modules": {
+        "en_math": {"source": "modules/en_math",   # folder (relative to manifest) or hub id
+                    "skill": "English math chain-of-thought",
+                    "base_model": "smollm2-135m-instruct",
+                    "target_modules": ["q_proj", "v_proj"],
+                    "rank": 32, "alpha": 64,
+                    "recipe": {...}}}}              # how it was made (data, steps, loss, ...)
+
+The package ships one manifest (``smartfed/pool/manifest.json``) for the seed's names. Users add
+their own with ``--pool_manifest FILE`` or ``$SMARTFED_POOL_MANIFEST``; their entries override the
+built-in ones of the same name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smartfed.errors import PoolError
+from smartfed.utils.io import write_json_atomic
+
+BUILTIN_MANIFEST = Path(__file__).with_name("manifest.json")
+MANIFEST_ENV = "SMARTFED_POOL_MANIFEST"
+_REQUIRED = {
+    "source": str,
+    "skill": str,
+    "base_model": str,
+    "target_modules": list,
+    "rank": int,
+    "alpha": (int, float),
+}
+
+
+@dataclass
+class PoolEntry:
+    name: str
+    source: str
+    skill: str
+    base_model: str
+    target_modules: list[str]
+    rank: int
+    alpha: float
+    recipe: dict[str, Any] = field(default_factory=dict)
+    manifest: str = ""
+
+    def resolved_source(self) -> str:
+        """Local folder (resolved against the manifest's folder) or the hub id as written."""
+        path = Path(self.source).expanduser()
+        if not path.is_absolute() and self.manifest:
+            candidate = Path(self.manifest).parent / path
+            if candidate.exists() or not _looks_like_hub_id(self.source):
+                return str(candidate)
+        return str(path) if path.exists() or not _looks_like_hub_id(self.source) else self.source
+
+    def is_available(self) -> bool:
+        return _looks_like_hub_id(self.source) or Path(self.resolved_source()).is_dir()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("name")
+        data.pop("manifest")
+        return data
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
+def _parse_manifest(path: Path) -> dict[str, PoolEntry]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PoolError(f"pool manifest not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PoolError(f"cannot read pool manifest {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise PoolError(f"pool manifest {path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("modules"), dict):
+        raise PoolError(f"pool manifest {path}: expected an object with a 'modules' object")
+    entries = {}
+    for name, item in raw["modules"].items():
+        if not isinstance(item, dict):
+            raise PoolError(f"pool manifest {path}: modules.{name} must be an object")
+        for key, kind in _REQUIRED.items():
+            if key not in item:
+                raise PoolError(f"pool manifest {path}: modules.{name} is missing field '{key}'")
+            if not isinstance(item[key], kind) or isinstance(item[key], bool):
+                expected = kind.__name__ if isinstance(kind, type) else "number"
+                raise PoolError(
+                    f"pool manifest {path}: modules.{name}.{key} must be a {expected}, "
+                    f"got {item[key]!r}"
+                )
+        if item["rank"] < 1:
+            raise PoolError(f"pool manifest {path}: modules.{name}.rank must be >= 1")
+        recipe = item.get("recipe", {})
+        if not isinstance(recipe, dict):
+            raise PoolError(f"pool manifest {path}: modules.{name}.recipe must be an object")
+        entries[name] = PoolEntry(
+            name=name,
+            source=item["source"],
+            skill=item["skill"],
+            base_model=item["base_model"],
+            target_modules=list(item["target_modules"]),
+            rank=item["rank"],
+            alpha=float(item["alpha"]),
+            recipe=recipe,
+            manifest=str(path),
+        )
+    return entries
+
+
+class PoolRegistry:
+    """Short pool names → ``PoolEntry``, merged from the built-in and user manifests."""
+
+    def __init__(self, manifests: list[Path]):
+        self.manifests = manifests
+        self.entries: dict[str, PoolEntry] = {}
+        for manifest in manifests:
+            self.entries.update(_parse_manifest(manifest))
+
+    @classmethod
+    def default(cls, extra_manifest: str | Path | None = None) -> PoolRegistry:
+        manifests = [BUILTIN_MANIFEST]
+        env = os.environ.get(MANIFEST_ENV)
+        if env:
+            manifests.append(Path(env).expanduser())
+        if extra_manifest:
+            manifests.append(Path(extra_manifest).expanduser())
+        return cls(manifests)
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def get(self, name: str) -> PoolEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise PoolError(
+                f"unknown pool module '{name}': known names are {known} (from "
+                f"{', '.join(str(m) for m in self.manifests)}); or pass a PEFT adapter folder"
+            ) from None
+
+
+def add_manifest_entry(manifest: str | Path, entry: PoolEntry) -> None:
+    """Insert or replace ``entry`` in ``manifest`` (created if missing), written atomically."""
+    path = Path(manifest)
+    data: dict[str, Any] = {"version": 1, "modules": {}}
+    if path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data.setdefault("modules", {})
+    data["modules"][entry.name] = entry.to_json()
+    write_json_atomic(path, data)
