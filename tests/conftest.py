@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 TINY = dict(
-    vocab_size=96,
+    vocab_size=272,  # 256 byte tokens + specials of the tiny tokenizer
     hidden_size=32,
     intermediate_size=64,
     num_hidden_layers=2,
@@ -79,3 +79,43 @@ def make_adapter(tmp_path: Path) -> AdapterFactory:
 def input_ids() -> torch.Tensor:
     torch.manual_seed(123)
     return torch.randint(0, TINY["vocab_size"], (2, 7))
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (no merges) with chat special tokens: real, tiny, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    for token in specials:
+        vocab[token] = len(vocab)
+    assert len(vocab) <= TINY["vocab_size"]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        bos_token="<|endoftext|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    """The tiny LLaMA and tokenizer saved as a normal Hugging Face model folder."""
+    out = tmp_path / "tiny-llama"
+    make_tiny_llama().save_pretrained(out)
+    make_tiny_tokenizer().save_pretrained(out)
+    return out

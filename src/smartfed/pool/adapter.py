@@ -44,6 +44,7 @@ _UNSUPPORTED_KEYS = {
     "lora_B.bias": "LoRA bias (lora_B.bias weights)",
     "modules_to_save": "modules_to_save weights",
     "trainable_tokens": "trainable token weights",
+    "base_layer": "full base-layer weights saved with the adapter (e.g. resized embeddings)",
 }
 
 
@@ -197,14 +198,16 @@ def load_lora_adapter(source: str | Path, name: str | None = None) -> LoraAdapte
             f"pool module '{name}': unreadable adapter weights in {source}: {_first_line(exc)}"
         ) from exc
 
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in state.items():
-        for fragment, feature in _UNSUPPORTED_KEYS.items():
+    # Named features first, so the error says "embedding LoRA" rather than "unexpected key".
+    for fragment, feature in _UNSUPPORTED_KEYS.items():
+        for key in state:
             if fragment in key:
                 raise PoolError(
                     f"pool module '{name}' ({source}) uses unsupported feature: {feature} "
                     f"(key '{key}')"
                 )
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
         bare = key.removeprefix(_PEFT_PREFIX)
         if bare.endswith(_A_SUFFIX):
             pairs.setdefault(bare.removesuffix(_A_SUFFIX), {})["A"] = tensor

@@ -4,7 +4,7 @@ A manifest is a JSON file::
 
     {"version": 1,
      "modules": {
-        "en_math": {"source": "modules/en_math",   # folder (relative to manifest) or hub id
+        "en_math": {"source": "modules/en_math",   # folder (relative to manifest) or hf://org/id
                     "skill": "English math chain-of-thought",
                     "base_model": "smollm2-135m-instruct",
                     "target_modules": ["q_proj", "v_proj"],
@@ -29,6 +29,7 @@ from smartfed.utils.io import write_json_atomic
 
 BUILTIN_MANIFEST = Path(__file__).with_name("manifest.json")
 MANIFEST_ENV = "SMARTFED_POOL_MANIFEST"
+HUB_PREFIX = "hf://"  # manifest sources starting with this are hub ids, others are paths
 _REQUIRED = {
     "source": str,
     "skill": str,
@@ -51,28 +52,28 @@ class PoolEntry:
     recipe: dict[str, Any] = field(default_factory=dict)
     manifest: str = ""
 
+    @property
+    def is_hub(self) -> bool:
+        return self.source.startswith(HUB_PREFIX)
+
     def resolved_source(self) -> str:
-        """Local folder (resolved against the manifest's folder) or the hub id as written."""
+        """Hub id (``hf://`` stripped) or local folder, relative paths taken from the manifest."""
+        if self.is_hub:
+            return self.source.removeprefix(HUB_PREFIX)
         path = Path(self.source).expanduser()
         if not path.is_absolute() and self.manifest:
-            candidate = Path(self.manifest).parent / path
-            if candidate.exists() or not _looks_like_hub_id(self.source):
-                return str(candidate)
-        return str(path) if path.exists() or not _looks_like_hub_id(self.source) else self.source
+            path = Path(self.manifest).parent / path
+        return str(path)
 
     def is_available(self) -> bool:
-        return _looks_like_hub_id(self.source) or Path(self.resolved_source()).is_dir()
+        """A hub source may be available (PEFT will try); a local one must be a folder."""
+        return self.is_hub or Path(self.resolved_source()).is_dir()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("name")
         data.pop("manifest")
         return data
-
-
-def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
 def _parse_manifest(path: Path) -> dict[str, PoolEntry]:

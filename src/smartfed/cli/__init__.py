@@ -1,0 +1,1 @@
+"""The ``smartfed`` command line."""

@@ -1,0 +1,135 @@
+"""``smartfed pool list | show | validate``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from smartfed.models import DEFAULT_MODEL, load_base_model
+from smartfed.pool import PoolRegistry, load_lora_adapter, resolve_pool_item
+
+# Pipes and CI logs get 120 columns instead of rich's 80, so tables stay one line per row.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    pool = subparsers.add_parser("pool", help="list, inspect and validate LoRA pool modules")
+    pool_sub = pool.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+
+    def with_manifest(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--pool_manifest",
+            default=None,
+            help="extra pool manifest JSON (also $SMARTFED_POOL_MANIFEST); overrides built-ins",
+        )
+        return p
+
+    p_list = with_manifest(pool_sub.add_parser("list", help="registered pool modules"))
+    p_list.set_defaults(func=cmd_list)
+
+    p_show = with_manifest(pool_sub.add_parser("show", help="details of one pool module"))
+    p_show.add_argument("module", metavar="NAME|PATH")
+    p_show.set_defaults(func=cmd_show)
+
+    p_val = with_manifest(
+        pool_sub.add_parser("validate", help="check a pool module against a base model")
+    )
+    p_val.add_argument("module", metavar="NAME|PATH")
+    p_val.add_argument(
+        "--model",
+        "--model_name_or_path",
+        dest="model",
+        default=DEFAULT_MODEL,
+        help=f"base model to validate against (default: {DEFAULT_MODEL})",
+    )
+    p_val.set_defaults(func=cmd_validate)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registry = PoolRegistry.default(args.pool_manifest)
+    table = Table(title="LoRA pool modules", title_justify="left")
+    for column in ("name", "skill", "rank", "alpha", "targets", "base model", "available"):
+        table.add_column(column)
+    for name in registry.names():
+        entry = registry.entries[name]
+        table.add_row(
+            name,
+            entry.skill,
+            str(entry.rank),
+            f"{entry.alpha:g}",
+            ",".join(entry.target_modules),
+            entry.base_model,
+            "yes" if entry.is_available() else f"no ({entry.recipe.get('status', 'missing')})",
+        )
+    console.print(table)
+    console.print("manifests: " + ", ".join(str(m) for m in registry.manifests))
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    registry = PoolRegistry.default(args.pool_manifest)
+    if args.module in registry.entries and not registry.entries[args.module].is_available():
+        return registry.entries[args.module], None
+    name, source, entry = resolve_pool_item(args.module, registry)
+    return entry, load_lora_adapter(source, name=name)
+
+
+def _print_adapter(adapter) -> None:
+    console.print(f"[bold]{adapter.name}[/bold]  {adapter.source}")
+    console.print(f"  trained on      {adapter.base_model_name or 'unknown'}")
+    console.print(f"  target modules  {', '.join(adapter.target_modules)}")
+    console.print(
+        f"  ranks           {adapter.ranks}   alphas {[f'{a:g}' for a in adapter.alphas]}"
+    )
+    console.print(f"  rsLoRA          {adapter.use_rslora}")
+    console.print(
+        f"  matrices        {len(adapter.matrices)}   parameters {adapter.num_parameters:,}"
+    )
+    console.print(f"  fingerprint     {adapter.fingerprint()[:16]}")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    entry, adapter = _load(args)
+    if entry is not None:
+        console.print(f"[bold]{entry.name}[/bold] (manifest {entry.manifest})")
+        console.print(f"  skill           {entry.skill}")
+        console.print(f"  source          {entry.resolved_source()}")
+        console.print(f"  base model      {entry.base_model}")
+        console.print(
+            f"  recorded shape  rank {entry.rank}, alpha {entry.alpha:g}, "
+            f"targets {', '.join(entry.target_modules)}"
+        )
+        for key, value in entry.recipe.items():
+            console.print(f"  {'recipe.' + key:<15} {value}")
+    if adapter is not None:
+        _print_adapter(adapter)
+    else:
+        console.print("  adapter files   missing (not built yet)")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    registry = PoolRegistry.default(args.pool_manifest)
+    name, source, entry = resolve_pool_item(args.module, registry)
+    adapter = load_lora_adapter(source, name=name)
+    if entry is not None:
+        from smartfed.pool.pool import _check_against_entry
+
+        _check_against_entry(adapter, entry)
+    loaded = load_base_model(args.model)
+    adapter.validate_against(loaded.model)
+    _print_adapter(adapter)
+    per_target: dict[str, int] = {}
+    for module_name in adapter.matrices:
+        short = module_name.rsplit(".", 1)[-1]
+        per_target[short] = per_target.get(short, 0) + 1
+    layers = ", ".join(f"{k}: {v} layers" for k, v in sorted(per_target.items()))
+    console.print(
+        f"[green]OK[/green]: {len(adapter.matrices)} matrices fit {loaded.source.display_name} "
+        f"({layers}); weights finite; {sum(m.rank for m in adapter.matrices.values())} "
+        "rank-1 experts"
+    )
+    return 0
