@@ -20,7 +20,8 @@ Variants, each one training step on the same random batch (causal-LM loss, label
 
 Steps (b) and (c) are forward + backward + ``optimizer.step()`` + ``zero_grad()``. After the
 warm-up steps the variants are interleaved (a, b, c, a, b, c, ...) so machine noise hits all of
-them alike; the report gives median, min and max per variant and ratios of medians.
+them alike; the report gives median, min, max and IQR per variant, ratios of medians (plus
+paired per-repeat ratios and ratios of minima, which resist steps slowed by other processes).
 
 Without ``--pool`` the demo pool (cn_chat + en_math: rank 32, alpha 64, q_proj + v_proj) is
 synthesized as two real PEFT adapters with random A and B (the step cost does not depend on the
@@ -73,6 +74,7 @@ class Variant:
     step: Callable[[], float]  # runs one step, returns the loss
     trainable_parameters: int
     times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)  # process CPU time (all threads)
     losses: list[float] = field(default_factory=list)
 
 
@@ -228,6 +230,7 @@ def make_variants(
         router_bytes=router_numel * 4,
         lora_bytes=lora_trainable * 4,
         pool_parameters=pool.num_parameters,
+        pool_module_parameters={a.name: a.num_parameters for a in pool.adapters},
     )
     variants = [
         Variant(
@@ -267,10 +270,11 @@ def run_interleaved(variants: list[Variant], warmup: int, repeats: int) -> None:
     for i in range(repeats):
         row = []
         for v in variants:
-            start = time.perf_counter()
+            cpu_start, start = time.process_time(), time.perf_counter()
             loss = v.step()
             elapsed = time.perf_counter() - start
             v.times.append(elapsed)
+            v.cpu_times.append(time.process_time() - cpu_start)
             v.losses.append(loss)
             row.append(f"{v.key} {elapsed:6.2f} s")
         console.print(f"  repeat {i + 1}/{repeats}: " + "   ".join(row))
@@ -404,13 +408,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for pair in ("b/a", "c/a", "c/b")
     }
     ratios = {pair: med[pair[0]] / med[pair[2]] for pair in ("b/a", "c/a", "c/b")}
+    mins = {k: s["min_s"] for k, s in stats.items()}
+    min_ratios = {pair: mins[pair[0]] / mins[pair[2]] for pair in ("b/a", "c/a", "c/b")}
     console.print(
         "ratios of medians:  "
         + "   ".join(f"{p} = {r:.3f}" for p, r in ratios.items())
         + "\n(median of per-repeat paired ratios: "
         + "   ".join(f"{p} = {r:.3f}" for p, r in paired.items())
+        + ";  ratios of minima: "
+        + "   ".join(f"{p} = {r:.3f}" for p, r in min_ratios.items())
         + ")"
     )
+    noisy = [v.key for v in variants if stats[v.key]["max_s"] > 1.5 * stats[v.key]["min_s"]]
+    if noisy:
+        console.print(
+            f"[bold yellow]warning:[/] max > 1.5 x min for variant(s) {', '.join(noisy)}: the "
+            "machine was busy during some steps (another process?). Medians and minima are "
+            "robust to a few such steps; rerun on an idle machine or raise --repeats to be sure."
+        )
     console.print(
         f"overhead over the base floor: LoRA +{med['b'] - med['a']:.3f} s, "
         f"MoRE +{med['c'] - med['a']:.3f} s per step"
@@ -425,6 +440,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console.print(
         f"pool total parameters (frozen, never sent): {facts['pool_parameters']:,} "
         f"({human_bytes(facts['pool_parameters'] * 4)} float32)"
+    )
+    smallest = min(facts["pool_module_parameters"].items(), key=lambda kv: kv[1])
+    console.print(
+        f"for reference: the smallest pool module alone ({smallest[0]}, a LoRA of the pool's own "
+        f"rank) has {smallest[1]:,} values = {human_bytes(smallest[1] * 4)} -> routers/module = "
+        f"{facts['router_numel'] / smallest[1]:.3f}"
     )
     rss = peak_rss_mib()
     console.print(
@@ -445,6 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             v.key: {
                 "label": v.label,
                 "times_s": v.times,
+                "cpu_times_s": v.cpu_times,
                 "losses": v.losses,
                 "trainable_parameters": v.trainable_parameters,
                 **stats[v.key],
@@ -452,6 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for v in variants
         },
         "ratios_of_medians": ratios,
+        "ratios_of_minima": min_ratios,
         "paired_ratio_medians": paired,
         "router_to_lora_bytes": upload_ratio,
         "peak_rss_mib": rss,

@@ -54,6 +54,9 @@ class MoreLinear(nn.Module):
             nn.init.zeros_(self.router.weight)
         initial_k = min(top_k, num_experts)
         self.register_buffer("quota", torch.tensor(initial_k, dtype=torch.long), persistent=False)
+        # Python mirror of the quota buffer: reading a device tensor per forward would force a
+        # host/device sync on GPU. set_quota keeps the two equal.
+        self._k = initial_k
         self.output_scale_mode = output_scale
         if output_scale == "learnable":
             self.output_scale = nn.Parameter(torch.tensor(float(initial_k), device=device))
@@ -63,14 +66,20 @@ class MoreLinear(nn.Module):
         self.reset_importance()
 
     # ----------------------------------------------------------------- quotas and scale
+    @property
+    def k(self) -> int:
+        """The current quota K_ℓ (number of experts each token selects)."""
+        return self._k
+
     def set_quota(self, k: int) -> None:
         if not 1 <= k <= self.num_experts:
             raise ValueError(f"quota {k} outside [1, {self.num_experts}]")
         self.quota.fill_(int(k))
+        self._k = int(k)
 
     def scale(self) -> torch.Tensor | float:
         if self.output_scale_mode == "k":
-            return float(self.quota.item())
+            return float(self._k)
         if self.output_scale_mode == "one":
             return 1.0
         return self.output_scale
@@ -79,7 +88,7 @@ class MoreLinear(nn.Module):
     def gates(self, flat_x: torch.Tensor) -> torch.Tensor:
         """(N, M) renormalised top-K gates, zero for unselected experts."""
         probs = torch.softmax(self.router(flat_x.to(self.router.weight.dtype)), dim=-1)
-        k = int(self.quota.item())
+        k = self._k
         if k >= self.num_experts:
             return probs
         top_vals, top_idx = probs.topk(k, dim=-1)
@@ -137,5 +146,5 @@ class MoreLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, experts={self.num_experts}, "
-            f"quota={int(self.quota.item())}, output_scale={self.output_scale_mode}"
+            f"quota={self._k}, output_scale={self.output_scale_mode}"
         )

