@@ -24,9 +24,11 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# Keep an existing torch (e.g. a CUDA build the user installed on purpose). Otherwise a
-	# local/find-links wheel first (--no-index: no download), then the CPU-only index.
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --no-index "$(TORCH_SPEC)" \
+	# Keep an existing torch (e.g. a CUDA build the user installed on purpose). Otherwise take
+	# a local/find-links wheel if there is one (--no-index --no-deps: never a download), then
+	# its small dependencies from the normal index; failing that, the CPU-only torch index.
+	$(PY) -c "import torch" 2>/dev/null \
+	  || { $(PIP) install --no-index --no-deps "$(TORCH_SPEC)" && $(PIP) install "$(TORCH_SPEC)"; } \
 	  || $(PIP) install "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
 	$(PIP) install -e ".[dev]"
 	# The default base model ships as a GGUF file in this package; its own dependencies
