@@ -47,6 +47,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p_val.set_defaults(func=cmd_validate)
 
+    p_build = pool_sub.add_parser("build", help="train a LoRA pool module with PEFT")
+    p_build.add_argument("name")
+    p_build.add_argument("--data", required=True, help="registered dataset name")
+    p_build.add_argument("--split", default="train")
+    p_build.add_argument("--shard", default=None, help="I/N: every N-th example from I")
+    p_build.add_argument("--limit", type=int, default=None)
+    p_build.add_argument("--data_dir", default=None)
+    p_build.add_argument("--rank", type=int, default=32)
+    p_build.add_argument("--alpha", type=float, default=64)
+    p_build.add_argument("--targets", default="q_proj,v_proj")
+    p_build.add_argument("--steps", type=int, default=200)
+    p_build.add_argument("--batch_size", type=int, default=8)
+    p_build.add_argument("--learning_rate", type=float, default=2e-4)
+    p_build.add_argument("--max_seq_len", type=int, default=256)
+    p_build.add_argument("--seed", type=int, default=0)
+    p_build.add_argument("--skill", default="")
+    p_build.add_argument("--model", "--model_name_or_path", dest="model", default=DEFAULT_MODEL)
+    p_build.add_argument(
+        "--manifest", default=None, help="manifest to add the module to (default: user manifest)"
+    )
+    p_build.add_argument("--output_dir", default=None, help="adapter folder (default: beside it)")
+    p_build.set_defaults(func=cmd_build)
+
 
 def cmd_list(args: argparse.Namespace) -> int:
     registry = PoolRegistry.default(args.pool_manifest)
@@ -131,5 +154,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"[green]OK[/green]: {len(adapter.matrices)} matrices fit {loaded.source.display_name} "
         f"({layers}); weights finite; {sum(m.rank for m in adapter.matrices.values())} "
         "rank-1 experts"
+    )
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from smartfed.pool.build import BuildRecipe, build_pool_module
+
+    recipe = BuildRecipe(
+        dataset=args.data,
+        split=args.split,
+        shard=args.shard,
+        limit=args.limit,
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_seq_len=args.max_seq_len,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
+    entry = build_pool_module(
+        args.name,
+        recipe,
+        model_name_or_path=args.model,
+        manifest=args.manifest,
+        output_dir=args.output_dir,
+        skill=args.skill,
+    )
+    console.print(
+        f"[green]built[/green] {entry.name}: loss {entry.recipe['initial_loss']:.3f} -> "
+        f"{entry.recipe['final_loss']:.3f} over {recipe.steps} steps; adapter "
+        f"{entry.resolved_source()}; manifest {entry.manifest}"
     )
     return 0

@@ -130,7 +130,12 @@ class PoolRegistry:
 
     @classmethod
     def default(cls, extra_manifest: str | Path | None = None) -> PoolRegistry:
+        """Built-in manifest, then the user's (``smartfed pool build`` default), then env, flag."""
+        from smartfed.pool.build import user_manifest_path
+
         manifests = [BUILTIN_MANIFEST]
+        if user_manifest_path().is_file():
+            manifests.append(user_manifest_path())
         env = os.environ.get(MANIFEST_ENV)
         if env:
             manifests.append(Path(env).expanduser())

@@ -49,6 +49,7 @@ def write_dir_atomic(path: str | os.PathLike[str], fill: Callable[[Path], None])
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
         fill(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

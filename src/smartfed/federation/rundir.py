@@ -1,0 +1,151 @@
+"""The run directory: the contract every later tool (report, bench, eval, resume) reads.
+
+    config.json        resolved configuration
+    partitions.json    per-client partition sizes (and label histograms)
+    metrics.jsonl      one JSON object per completed round
+    checkpoints/       round_NNNN/{routers.safetensors,state.json}: whole server state
+    final/             routers + MoRE config, loadable for inference
+    summary.json       totals
+
+Every file is written atomically (temp file + rename), and a checkpoint folder appears only
+once complete, so a crash (even ``kill -9``) leaves the last complete round intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from smartfed.errors import ConfigError
+from smartfed.utils.io import write_dir_atomic, write_json_atomic, write_text_atomic
+
+CHECKPOINTS_KEPT = 2
+
+
+@dataclass
+class ServerState:
+    """Everything the server needs to continue a run after ``round``."""
+
+    round: int
+    routers: dict[str, torch.Tensor]
+    quotas: list[int]
+    ema_importance: list[float] | None
+    totals: dict[str, float] = field(default_factory=dict)  # bytes, wall time, energy so far
+    rng: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def capture_rng() -> dict[str, Any]:
+        return {
+            "python": repr(random.getstate()),
+            "numpy": np.random.get_state()[1].tolist()[:4],  # fingerprint only; seeds are derived
+            "torch": torch.random.get_rng_state().tolist()[:8],
+        }
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------ files
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.path / "final"
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json_atomic(self.path / name, obj)
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"--resume {self.path}: no config.json there (not a SmartFed run directory)"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{self.config_path} is not valid JSON: {exc}") from None
+
+    # ------------------------------------------------------------------ metrics
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for number, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines()):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(
+                        f"{self.metrics_path}:{number + 1}: bad JSON: {exc}"
+                    ) from None
+        return rows
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        # The whole file is rewritten atomically: a few KB per run, never half a line.
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        write_text_atomic(self.metrics_path, text)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state: ServerState) -> Path:
+        def fill(tmp: Path) -> None:
+            save_file(
+                {k: v.contiguous() for k, v in state.routers.items()},
+                str(tmp / "routers.safetensors"),
+            )
+            meta = {
+                "round": state.round,
+                "quotas": state.quotas,
+                "ema_importance": state.ema_importance,
+                "totals": state.totals,
+                "rng": state.rng,
+            }
+            (tmp / "state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+        target = write_dir_atomic(self.checkpoints / f"round_{state.round:04d}", fill)
+        for old in self._checkpoint_dirs()[:-CHECKPOINTS_KEPT]:
+            for child in old.iterdir():
+                child.unlink()
+            old.rmdir()
+        return target
+
+    def _checkpoint_dirs(self) -> list[Path]:
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints.glob("round_[0-9][0-9][0-9][0-9]") if p.is_dir())
+
+    def latest_checkpoint(self) -> ServerState | None:
+        dirs = self._checkpoint_dirs()
+        if not dirs:
+            return None
+        latest = dirs[-1]
+        try:
+            meta = json.loads((latest / "state.json").read_text(encoding="utf-8"))
+            routers = load_file(str(latest / "routers.safetensors"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"checkpoint {latest} is unreadable: {exc}") from None
+        return ServerState(
+            round=int(meta["round"]),
+            routers=routers,
+            quotas=list(meta["quotas"]),
+            ema_importance=meta.get("ema_importance"),
+            totals=dict(meta.get("totals", {})),
+            rng=dict(meta.get("rng", {})),
+        )

@@ -1,0 +1,120 @@
+"""Everything a process needs to train or evaluate: base model, pool, MoRE model, task data.
+
+Built once per process and cached: the in-process engine shares one runtime between the server
+and all clients (they run one after the other), and each SuperNode process builds its own from
+local paths. No Flower import here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from smartfed.data import BatchStream, encode_example, load_examples, partition_examples
+from smartfed.data.formatting import collate
+from smartfed.data.tasks import get_task
+from smartfed.federation.config import RunConfig
+from smartfed.federation.core import client_seed, seed_everything
+from smartfed.models import load_base_model
+from smartfed.pool import PoolRegistry, load_pool
+from smartfed.tuners.more import MoreConfig, MoreModel
+
+log = logging.getLogger(__name__)
+
+# Settings that change what a runtime holds; others (rounds, output dir, ...) do not.
+_RUNTIME_KEYS = (
+    "model_name_or_path", "lora_pool", "pool_manifest", "task", "data_dir", "num_clients",
+    "max_seq_len", "topk_experts", "k_min", "output_scale", "importance_score",
+    "router_init_std", "partition", "dirichlet_alpha", "partition_field", "eval_samples", "seed",
+)  # fmt: skip
+_CACHE: dict[str, Runtime] = {}
+
+
+@dataclass
+class Runtime:
+    config: RunConfig
+
+    def __post_init__(self) -> None:
+        config = self.config
+        self.task = get_task(config.task)
+        loaded = load_base_model(config.model_name_or_path)
+        self.tokenizer = loaded.tokenizer
+        self.model_source = loaded.source
+        self.pool = load_pool(config.pool_items, PoolRegistry.default(config.pool_manifest))
+        seed_everything(config.seed)  # router initialisation is part of the run's seed
+        self.more = MoreModel(
+            loaded.model,
+            self.pool,
+            MoreConfig(
+                top_k=config.topk_experts,
+                output_scale=config.output_scale,
+                router_init_std=config.router_init_std,
+                importance_score=config.importance_score,
+                k_min=config.k_min,
+            ),
+        )
+        self.initial_router_state = self.more.router_state_dict()
+        self.train_examples = load_examples(
+            self.task.train_dataset, self.task.train_split, data_dir=config.data_dir
+        )
+        field = config.partition_field or self.task.partition_field
+        self.partition_field = field if config.partition != "iid" else None
+        self.partitions = partition_examples(
+            self.train_examples,
+            config.num_clients,
+            config.partition,
+            seed=config.seed,
+            alpha=config.dirichlet_alpha,
+            field=self.partition_field,
+        )
+        self._encoded: dict[int, list] = {}
+
+    def encoded_partition(self, partition_id: int) -> list:
+        if partition_id not in self._encoded:
+            rows = [
+                encode_example(self.tokenizer, self.train_examples[i], self.config.max_seq_len)
+                for i in self.partitions[partition_id]
+            ]
+            self._encoded[partition_id] = [r for r in rows if r is not None]
+        return self._encoded[partition_id]
+
+    def client_batches(self, partition_id: int, server_round: int) -> BatchStream:
+        seed = client_seed(self.config.seed, server_round, partition_id)
+        return BatchStream(
+            self.encoded_partition(partition_id),
+            self.config.batch_size,
+            seed,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    @cached_property
+    def eval_batches(self) -> list[dict]:
+        if self.config.eval_samples == 0:
+            return []
+        examples = load_examples(
+            self.task.eval_dataset,
+            self.task.eval_split,
+            data_dir=self.config.data_dir,
+            limit=self.config.eval_samples,
+        )
+        encoded = [encode_example(self.tokenizer, ex, self.config.max_seq_len) for ex in examples]
+        encoded = [e for e in encoded if e is not None]
+        size = self.config.eval_batch_size
+        pad = self.tokenizer.pad_token_id
+        return [collate(encoded[i : i + size], pad) for i in range(0, len(encoded), size)]
+
+    @property
+    def capacities(self) -> np.ndarray:
+        return self.more.capacities
+
+
+def get_runtime(config: RunConfig) -> Runtime:
+    key = json.dumps({k: getattr(config, k) for k in _RUNTIME_KEYS}, sort_keys=True)
+    if key not in _CACHE:
+        _CACHE.clear()  # one runtime per process: models are large
+        _CACHE[key] = Runtime(config)
+    return _CACHE[key]
