@@ -18,7 +18,7 @@ export FLWR_TELEMETRY_ENABLED = 0
 export FLWR_DISABLE_UPDATE_CHECK = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo smoke test test-all lint bench clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,12 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) benchmarks/step_cost.py
+	rm -rf runs/demo
+	$(VENV)/bin/smartfed run --preset demo --output_dir runs/demo
+
+smoke: setup
+	rm -rf runs/smoke
+	$(VENV)/bin/smartfed run --preset smoke --output_dir runs/smoke
 
 test: setup
 	$(PY) -m pytest -q

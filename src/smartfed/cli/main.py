@@ -20,6 +20,18 @@ from smartfed.errors import SmartFedError
 COMMAND_MODULES = [pool_commands, run_command]
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be swapped, e.g. by tests)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _quiet_third_party() -> None:
     # Library chatter (telemetry notices, deprecation warnings) buries the one line that matters.
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -48,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_CurrentStderr()])
     _quiet_third_party()
     try:
         return int(args.func(args) or 0)

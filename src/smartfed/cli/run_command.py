@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from smartfed.errors import ConfigError
 from smartfed.federation.config import (
@@ -91,14 +92,24 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    # Fail on bad names before any model is loaded.
+    # Fail on bad names and missing data before any model is loaded.
+    from smartfed.data import load_examples
     from smartfed.data.tasks import get_task
     from smartfed.pool import PoolRegistry, resolve_pool_item
 
-    get_task(config.task)
-    registry = PoolRegistry.default(config.pool_manifest)
-    for item in config.pool_items:
-        resolve_pool_item(item, registry)
+    logging.disable(logging.INFO)  # the run itself logs where its data comes from, once
+    try:
+        task = get_task(config.task)
+        for dataset, split in (
+            (task.train_dataset, task.train_split),
+            (task.eval_dataset, task.eval_split),
+        ):
+            load_examples(dataset, split, data_dir=config.data_dir, limit=1)
+        registry = PoolRegistry.default(config.pool_manifest)
+        for item in config.pool_items:
+            resolve_pool_item(item, registry)
+    finally:
+        logging.disable(logging.NOTSET)
 
     from smartfed.federation.runner import run_federated
 

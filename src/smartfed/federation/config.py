@@ -131,16 +131,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=8,
         output_dir="runs/smoke",
     ),
-    # The seed's example composition, sized for ~10 minutes on 2 CPU cores.
+    # Sized for a few minutes on 2 CPU cores. It will become the seed's composition
+    # (task cn_math, pool cn_chat,en_math) once those loaders and modules exist; until then it
+    # runs GSM8K with the smoke pool rather than pretend.
     "demo": dict(
-        task="cn_math",
-        lora_pool="cn_chat,en_math",
-        num_clients=20,
+        task="gsm8k",
+        lora_pool="smoke_math_a,smoke_math_b",
+        num_clients=8,
         sample_clients=2,
-        num_rounds=5,
+        num_rounds=6,
         local_steps=5,
         batch_size=4,
         max_seq_len=256,
+        topk_experts=8,
         eval_samples=32,
         output_dir="runs/demo",
     ),
