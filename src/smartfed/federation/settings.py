@@ -33,14 +33,17 @@ def to_run_config(config: RunConfig) -> dict[str, Any]:
 def from_run_config(
     run_config: Mapping[str, Any], node_config: Mapping[str, Any] | None = None
 ) -> RunConfig:
-    data: dict[str, Any] = {}
+    # Single keys first, the whole-config JSON last: a deployed app declares every key with its
+    # default, which must not overwrite a JSON config given on purpose.
+    data: dict[str, Any] = {
+        key.replace("-", "_"): None if value == "" else value
+        for key, value in run_config.items()
+        if key != CONFIG_KEY
+    }
     if run_config.get(CONFIG_KEY):
         data.update(json.loads(str(run_config[CONFIG_KEY])))
     elif os.environ.get(CONFIG_ENV):
         data.update(json.loads(os.environ[CONFIG_ENV]))
-    for key, value in run_config.items():
-        if key != CONFIG_KEY:
-            data[key.replace("-", "_")] = None if value == "" else value
     for key, field in _NODE_OVERRIDES.items():
         if node_config and node_config.get(key):
             data[field] = node_config[key]

@@ -130,7 +130,10 @@ class SmartFedStrategy(FedAvg):
         report = RoundReport(server_round=absolute, sampled=chosen)
         report.bytes_down = record_bytes(content) * len(chosen)
         self.reports[absolute] = report
-        return [grid.create_message(content, MessageType.TRAIN, node, "") for node in chosen]
+        return [
+            Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
+            for node in chosen
+        ]
 
     # ------------------------------------------------------------------ aggregation
     def aggregate_train(

@@ -128,6 +128,8 @@ def build_pool_module(
         raise ConfigError(f"building {name}: the loss became non-finite; lower --learning_rate")
 
     window = max(1, len(losses) // 10)
+    # PEFT would record the (machine-specific) folder the weights were loaded from.
+    model.peft_config["default"].base_model_name_or_path = loaded.source.display_name
     write_dir_atomic(output, lambda tmp: model.save_pretrained(tmp))
     try:
         source = os.path.relpath(output, manifest.parent)
