@@ -143,16 +143,19 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
 
     remaining = config.num_rounds - done
     final_routers = routers
-    if remaining > 0:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(routers),
-            num_rounds=remaining,
-            train_config=ConfigRecord({}),
-            evaluate_fn=evaluate,
-        )
-        final_routers = result.arrays.to_torch_state_dict() if result.arrays else routers
-    energy_total = meter.stop()
+    try:
+        if remaining > 0:
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord(routers),
+                num_rounds=remaining,
+                train_config=ConfigRecord({}),
+                evaluate_fn=evaluate,
+            )
+            final_routers = result.arrays.to_torch_state_dict() if result.arrays else routers
+    finally:
+        # Also on a failed round: CodeCarbon's timers would otherwise outlive the run.
+        energy_total = meter.stop()
 
     more.load_router_state_dict(final_routers)
     last_quotas = totals.get("last_quotas") or [int(q) for q in strategy.quotas]
