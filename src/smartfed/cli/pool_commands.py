@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smartfed.models import DEFAULT_MODEL, load_base_model
-from smartfed.pool import PoolRegistry, load_lora_adapter, resolve_pool_item
+from smartfed.pool import PoolRegistry, load_pool_module
 
 # Pipes and CI logs get 120 columns instead of rich's 80, so tables stay one line per row.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -96,8 +96,8 @@ def _load(args: argparse.Namespace):
     registry = PoolRegistry.default(args.pool_manifest)
     if args.module in registry.entries and not registry.entries[args.module].is_available():
         return registry.entries[args.module], None
-    name, source, entry = resolve_pool_item(args.module, registry)
-    return entry, load_lora_adapter(source, name=name)
+    adapter, entry = load_pool_module(args.module, registry)
+    return entry, adapter
 
 
 def _print_adapter(adapter) -> None:
@@ -135,13 +135,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    registry = PoolRegistry.default(args.pool_manifest)
-    name, source, entry = resolve_pool_item(args.module, registry)
-    adapter = load_lora_adapter(source, name=name)
-    if entry is not None:
-        from smartfed.pool.pool import _check_against_entry
-
-        _check_against_entry(adapter, entry)
+    adapter, _ = load_pool_module(args.module, PoolRegistry.default(args.pool_manifest))
     loaded = load_base_model(args.model)
     adapter.validate_against(loaded.model)
     _print_adapter(adapter)

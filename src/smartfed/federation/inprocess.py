@@ -29,14 +29,14 @@ from flwr.supercore.task_identity import TaskIdentity
 log = logging.getLogger(__name__)
 
 
-def _wire_copy(message: Message) -> tuple[Message, int]:
-    """Serialise and deserialise ``message`` as Flower's transport does; return copy and bytes."""
+def _wire_copy(message: Message) -> Message:
+    """Serialise and deserialise ``message`` as Flower's transport does."""
     objects = get_all_nested_objects(message)
     contents = {object_id: obj.deflate() for object_id, obj in objects.items()}
     copy = inflate_object_from_contents(message.object_id, contents)
     # The message id is transport metadata, assigned by the SuperLink, not part of the payload.
     copy.metadata.__dict__["_message_id"] = message.metadata.message_id
-    return copy, sum(len(c) for c in contents.values())
+    return copy
 
 
 class InProcessGrid(Grid):
@@ -62,8 +62,6 @@ class InProcessGrid(Grid):
             for index, node_id in enumerate(self.node_ids)
         }
         self._replies: dict[str, Message] = {}
-        self.wire_bytes_down = 0
-        self.wire_bytes_up = 0
         # Flower's Message constructor reads the sender's identity from TaskIdentity.
         TaskIdentity.task_id, TaskIdentity.run_id = 1, run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
@@ -103,8 +101,7 @@ class InProcessGrid(Grid):
         for message in messages:
             message.metadata.__dict__["_message_id"] = uuid4().hex
             message.metadata.__dict__["_created_at"] = time.time()
-            instruction, size = _wire_copy(message)
-            self.wire_bytes_down += size
+            instruction = _wire_copy(message)
             context = self.contexts[message.metadata.dst_node_id]
             try:
                 reply = self.client_app(instruction, context)
@@ -118,8 +115,7 @@ class InProcessGrid(Grid):
                     reply_to=instruction,
                 )
             reply.metadata.__dict__["_message_id"] = uuid4().hex
-            reply, size = _wire_copy(reply)
-            self.wire_bytes_up += size
+            reply = _wire_copy(reply)
             self._replies[message.metadata.message_id] = reply
             ids.append(message.metadata.message_id)
         return ids

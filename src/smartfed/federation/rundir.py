@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,7 @@ class RunDirectory:
 
         target = write_dir_atomic(self.checkpoints / f"round_{state.round:04d}", fill)
         for old in self._checkpoint_dirs()[:-CHECKPOINTS_KEPT]:
-            for child in old.iterdir():
-                child.unlink()
-            old.rmdir()
+            shutil.rmtree(old)
         return target
 
     def _checkpoint_dirs(self) -> list[Path]:

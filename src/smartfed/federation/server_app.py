@@ -161,7 +161,7 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
     last_quotas = totals.get("last_quotas") or [int(q) for q in strategy.quotas]
     more.set_quotas(last_quotas)
     more.save_pretrained(run_dir.final)
-    summary = _summary(config, runtime, run_dir, totals, energy_total, meter.method)
+    summary = _summary(runtime, run_dir, metrics_rows, totals, energy_total, meter.method)
     run_dir.write_json("summary.json", summary)
     return summary
 
@@ -184,8 +184,7 @@ def _print_round(row: dict[str, Any], num_rounds: int) -> None:
     print(" | ".join(parts), flush=True)
 
 
-def _summary(config, runtime, run_dir, totals, energy_total, energy_method) -> dict[str, Any]:
-    rows = run_dir.read_metrics()
+def _summary(runtime, run_dir, rows, totals, energy_total, energy_method) -> dict[str, Any]:
     evaluated = [r for r in rows if "eval_loss" in r]
     router_params = runtime.more.num_trainable_parameters()
     lora_equivalent = runtime.pool.num_parameters

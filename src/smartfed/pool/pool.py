@@ -141,16 +141,18 @@ def resolve_pool_item(item: str, registry: PoolRegistry) -> tuple[str, str, Pool
     raise AssertionError("unreachable")
 
 
+def load_pool_module(item: str, registry: PoolRegistry) -> tuple[LoraAdapter, PoolEntry | None]:
+    """Resolve one pool item, load its adapter and check it against its manifest record."""
+    name, source, entry = resolve_pool_item(item, registry)
+    adapter = load_lora_adapter(source, name=name)
+    if entry is not None:
+        _check_against_entry(adapter, entry)
+    return adapter, entry
+
+
 def load_pool(items: str | list[str], registry: PoolRegistry | None = None) -> LoraPool:
     """Load a pool from a comma-separated string or a list of names / folders / hub ids."""
     if isinstance(items, str):
         items = [part.strip() for part in items.split(",") if part.strip()]
     registry = registry or PoolRegistry.default()
-    adapters = []
-    for item in items:
-        name, source, entry = resolve_pool_item(item, registry)
-        adapter = load_lora_adapter(source, name=name)
-        if entry is not None:
-            _check_against_entry(adapter, entry)
-        adapters.append(adapter)
-    return LoraPool(adapters)
+    return LoraPool([load_pool_module(item, registry)[0] for item in items])
