@@ -239,20 +239,22 @@ def require_field(
     record: Mapping[str, Any],
     name: str,
     path: str | os.PathLike[str],
-    line_no: int,
+    line_no: int | None,
     *,
     kind: type | tuple[type, ...] | None = None,
 ) -> Any:
-    """``record[name]``, or a one-line ConfigError naming file, line and field."""
+    """``record[name]``, or a one-line ConfigError naming file, line and field.
+
+    ``line_no`` None means ``path`` already names the location (e.g. "file.json: record 3").
+    """
+    where = str(path) if line_no is None else f"{path}:{line_no}"
     if name not in record:
         present = ", ".join(record) or "none"
-        raise ConfigError(f"{path}:{line_no}: missing field {name!r} (fields present: {present})")
+        raise ConfigError(f"{where}: missing field {name!r} (fields present: {present})")
     value = record[name]
     if kind is not None and not isinstance(value, kind):
         expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ConfigError(
-            f"{path}:{line_no}: field {name!r} must be {expected}, got {type(value).__name__}"
-        )
+        raise ConfigError(f"{where}: field {name!r} must be {expected}, got {type(value).__name__}")
     return value
 
 
