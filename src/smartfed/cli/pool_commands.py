@@ -63,6 +63,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_build.add_argument("--max_seq_len", type=int, default=256)
     p_build.add_argument("--seed", type=int, default=0)
     p_build.add_argument("--skill", default="")
+    p_build.add_argument(
+        "--save_dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="storage dtype of the adapter weights (float16 halves the size)",
+    )
+    p_build.add_argument(
+        "--checkpoint_every",
+        type=int,
+        default=25,
+        help="steps between resumable checkpoints in <output>.build/ (rerun to resume)",
+    )
     p_build.add_argument("--model", "--model_name_or_path", dest="model", default=DEFAULT_MODEL)
     p_build.add_argument(
         "--manifest", default=None, help="manifest to add the module to (default: user manifest)"
@@ -169,6 +181,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         max_seq_len=args.max_seq_len,
         seed=args.seed,
         data_dir=args.data_dir,
+        save_dtype=args.save_dtype,
     )
     entry = build_pool_module(
         args.name,
@@ -177,6 +190,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         manifest=args.manifest,
         output_dir=args.output_dir,
         skill=args.skill,
+        checkpoint_every=args.checkpoint_every,
     )
     console.print(
         f"[green]built[/green] {entry.name}: loss {entry.recipe['initial_loss']:.3f} -> "

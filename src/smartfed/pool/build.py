@@ -1,15 +1,22 @@
 """Build a pool module: train a plain PEFT LoRA on a dataset and register it in a manifest.
 
-The output is an ordinary PEFT adapter folder (``save_pretrained``: adapter_config.json +
-adapter_model.safetensors) plus a manifest entry whose ``recipe`` records how it was made
-(data, steps, hyper-parameters, initial and final loss, base model fingerprint), so every
-committed or shared module can be rebuilt with the same command.
+The output is an ordinary PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
+optionally stored in float16/bfloat16 to halve its size) plus a manifest entry whose ``recipe``
+records how it was made (data, steps, hyper-parameters, initial and final loss, base model
+fingerprint), so every committed or shared module can be rebuilt with the same command.
+
+Training checkpoints (adapter weights, optimizer state, step, losses, the recipe) are written
+atomically every ``checkpoint_every`` steps to ``<output>.build/``; running the same build again
+resumes from the last one, and the folder is removed once the adapter is written. A checkpoint
+made by a different recipe is refused rather than silently mixed in.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,9 @@ from tqdm.auto import tqdm
 from smartfed import __version__
 from smartfed.errors import ConfigError
 from smartfed.pool.registry import PoolEntry, add_manifest_entry
-from smartfed.utils.io import write_dir_atomic
+from smartfed.utils.io import write_dir_atomic, write_json_atomic
+
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def user_manifest_path() -> Path:
@@ -45,8 +54,13 @@ class BuildRecipe:
     max_seq_len: int = 256
     seed: int = 0
     data_dir: str | None = None
+    save_dtype: str = "float32"  # storage dtype of the written adapter weights
 
     def __post_init__(self) -> None:
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ConfigError(
+                f"--save_dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}"
+            )
         for name in ("rank", "steps", "batch_size", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -74,6 +88,91 @@ def _select(examples: list, recipe: BuildRecipe) -> list:
     return examples
 
 
+def _recipe_identity(recipe: BuildRecipe, model_fingerprint: str) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (the data folder may move)."""
+    identity = asdict(recipe)
+    identity.pop("data_dir")
+    identity["targets"] = list(recipe.targets)
+    identity["base_model_fingerprint"] = model_fingerprint
+    return identity
+
+
+class BuildCheckpoint:
+    """``<output>.build/``: trainable weights, optimizer state and progress of a running build."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @property
+    def progress_path(self) -> Path:
+        return self.folder / "progress.json"
+
+    def load(self, identity: dict[str, Any], model, optimizer) -> tuple[int, list[float]]:
+        """Restore model and optimizer; returns (steps done, losses). (0, []) when none."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if not self.progress_path.is_file():
+            return 0, []
+        try:
+            progress = json.loads(self.progress_path.read_text())
+            saved_identity = progress["recipe"]
+            step, losses = int(progress["step"]), [float(x) for x in progress["losses"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{self.progress_path}: unreadable build checkpoint ({exc}); delete {self.folder} "
+                "to start over"
+            ) from None
+        if saved_identity != identity:
+            changed = sorted(
+                k
+                for k in identity.keys() | saved_identity.keys()
+                if identity.get(k) != saved_identity.get(k)
+            )
+            raise ConfigError(
+                f"{self.folder} holds a checkpoint of a different build (differs in: "
+                f"{', '.join(changed)}); delete it to start over, or rerun the same recipe"
+            )
+        set_peft_model_state_dict(model, load_file(self.folder / "adapter.safetensors"))
+        optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", weights_only=True))
+        return step, losses
+
+    def save(self, identity: dict[str, Any], model, optimizer, step: int, losses: list) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weights = {
+            k: v.detach().contiguous()
+            for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+        }
+        # Weights first, progress last: progress.json names a step only once its state is on disk.
+        tmp = self.folder / "adapter.safetensors.tmp"
+        save_file(weights, tmp)
+        os.replace(tmp, self.folder / "adapter.safetensors")
+        tmp = self.folder / "optimizer.pt.tmp"
+        torch.save(optimizer.state_dict(), tmp)
+        os.replace(tmp, self.folder / "optimizer.pt")
+        write_json_atomic(self.progress_path, {"recipe": identity, "step": step, "losses": losses})
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def save_adapter(model, folder: Path, dtype: torch.dtype) -> None:
+    """Write ``model``'s LoRA as a PEFT adapter folder with weights stored in ``dtype``."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    model.peft_config["default"].save_pretrained(folder)
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    save_file(
+        {k: v.detach().to(dtype).contiguous() for k, v in state.items()},
+        folder / "adapter_model.safetensors",
+        metadata={"format": "pt"},
+    )
+
+
 def build_pool_module(
     name: str,
     recipe: BuildRecipe,
@@ -83,13 +182,22 @@ def build_pool_module(
     output_dir: str | os.PathLike[str] | None = None,
     skill: str = "",
     progress: bool = True,
-) -> PoolEntry:
-    """Train the LoRA, write the adapter folder atomically and add it to ``manifest``."""
+    checkpoint_every: int = 25,
+    stop_after: int | None = None,
+) -> PoolEntry | None:
+    """Train the LoRA, write the adapter folder atomically and add it to ``manifest``.
+
+    Resumes from ``<output>.build/`` when a checkpoint of the same recipe is there.
+    ``stop_after`` ends the process's work after that many total steps, leaving the checkpoint
+    (for tests and for splitting a long build over sessions); it then returns None.
+    """
     from peft import LoraConfig, get_peft_model
 
     from smartfed.data import BatchStream, encode_example, load_examples
     from smartfed.models import load_base_model
 
+    if checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint_every must be >= 1, got {checkpoint_every}")
     manifest = Path(manifest) if manifest else user_manifest_path()
     output = Path(output_dir) if output_dir else manifest.parent / "modules" / name
     examples = _select(
@@ -100,6 +208,8 @@ def build_pool_module(
     loaded = load_base_model(model_name_or_path)
     encoded = [encode_example(loaded.tokenizer, ex, recipe.max_seq_len) for ex in examples]
     encoded = [e for e in encoded if e is not None]
+    if not encoded:
+        raise ConfigError(f"building {name}: no example fits --max_seq_len {recipe.max_seq_len}")
     lora = LoraConfig(
         r=recipe.rank,
         lora_alpha=recipe.alpha,
@@ -112,25 +222,46 @@ def build_pool_module(
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate
     )
+    identity = _recipe_identity(recipe, loaded.source.fingerprint)
+    checkpoint = BuildCheckpoint(output.with_name(output.name + ".build"))
+    start, losses = checkpoint.load(identity, model, optimizer)
     stream = BatchStream(
-        encoded, recipe.batch_size, recipe.seed, pad_token_id=loaded.tokenizer.pad_token_id
+        encoded,
+        recipe.batch_size,
+        recipe.seed,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+        start_batch=start,
     )
-    losses: list[float] = []
-    bar = tqdm(range(recipe.steps), desc=f"building {name}", disable=not progress)
-    for _ in bar:
+    end = recipe.steps if stop_after is None else min(recipe.steps, stop_after)
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=recipe.steps,
+        desc=f"building {name}" + (f" (resumed at step {start})" if start else ""),
+        disable=not progress,
+    )
+    for step in bar:
         loss = model(**stream.next_batch()).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+        if not np.isfinite(losses[-1]):
+            raise ConfigError(
+                f"building {name}: the loss became non-finite at step {step + 1}; "
+                "lower --learning_rate"
+            )
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if not np.isfinite(losses).all():
-        raise ConfigError(f"building {name}: the loss became non-finite; lower --learning_rate")
+        if (step + 1) % checkpoint_every == 0 or step + 1 == end:
+            checkpoint.save(identity, model, optimizer, step + 1, losses)
+    bar.close()
+    if end < recipe.steps:
+        return None
 
     window = max(1, len(losses) // 10)
     # PEFT would record the (machine-specific) folder the weights were loaded from.
     model.peft_config["default"].base_model_name_or_path = loaded.source.display_name
-    write_dir_atomic(output, lambda tmp: model.save_pretrained(tmp))
+    write_dir_atomic(output, lambda tmp: save_adapter(model, tmp, SAVE_DTYPES[recipe.save_dtype]))
     try:
         source = os.path.relpath(output, manifest.parent)
     except ValueError:  # another drive on Windows
@@ -148,6 +279,7 @@ def build_pool_module(
         "learning_rate": recipe.learning_rate,
         "max_seq_len": recipe.max_seq_len,
         "seed": recipe.seed,
+        "save_dtype": recipe.save_dtype,
         "initial_loss": float(np.mean(losses[:window])),
         "final_loss": float(np.mean(losses[-window:])),
         "base_model_fingerprint": loaded.source.fingerprint,
@@ -165,4 +297,5 @@ def build_pool_module(
         manifest=str(manifest),
     )
     add_manifest_entry(manifest, entry)
+    checkpoint.remove()
     return entry
