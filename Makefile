@@ -18,7 +18,7 @@ export FLWR_TELEMETRY_ENABLED = 0
 export FLWR_DISABLE_UPDATE_CHECK = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo smoke test test-all lint bench clean
+.PHONY: setup demo smoke test test-all lint bench pool clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,20 @@ test-all: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+
+# Rebuild the committed pool modules (cn_chat, en_math, en_code) exactly as recorded in the
+# built-in manifest. Needs the full data (DATA_DIR); about 10-15 min per module on 2 CPU cores.
+# Interrupted builds resume from src/smartfed/pool/modules/<name>.build/ when rerun.
+DATA_DIR    ?= ../shared/data
+POOL_DIR    := src/smartfed/pool
+POOL_BUILD  := $(VENV)/bin/smartfed pool build --data_dir $(DATA_DIR) --manifest $(POOL_DIR)/manifest.json \
+               --rank 32 --alpha 64 --targets q_proj,v_proj --steps 150 --batch_size 4 \
+               --learning_rate 5e-4 --max_seq_len 256 --seed 0 --save_dtype float16
+
+pool: setup
+	$(POOL_BUILD) cn_chat --data zh_instruct --skill "Chinese chat" --output_dir $(POOL_DIR)/modules/cn_chat
+	$(POOL_BUILD) en_math --data gsm8k --skill "English math" --output_dir $(POOL_DIR)/modules/en_math
+	$(POOL_BUILD) en_code --data code_instruct --skill "English code" --output_dir $(POOL_DIR)/modules/en_code
 
 bench: setup
 	$(PY) benchmarks/step_cost.py --json benchmarks/results/step_cost.json

@@ -26,7 +26,7 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
         (["--num_clients", "2", "--sample_clients", "3"], "--sample_clients (3) must not exceed"),
         (["--topk_experts", "0"], "--topk_experts must be an integer >= 1"),
         (["--preset", "smoke", "--data_dir", "/no/such/dir"], "/no/such/dir"),
-        (["--task", "cn_math"], "not available yet"),
+        (["--task", "cn_code"], "DoIT"),
         (["--config", "/no/such.toml"], "config file not found"),
     ],
 )

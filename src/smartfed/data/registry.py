@@ -59,6 +59,8 @@ class DatasetSpec:
     # runs offline, so resolution never touches the network (see resolve_split_file).
     hub_id: str | None = None
     meta_fields: tuple[str, ...] = field(default_factory=tuple)  # documented keys of Example.meta
+    # Appended to the "not found" error, e.g. where to get a dataset that is not shipped offline.
+    missing_hint: str = ""
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -72,6 +74,7 @@ def register_dataset(
     label_field: str | None = None,
     hub_id: str | None = None,
     meta_fields: Sequence[str] = (),
+    missing_hint: str = "",
 ) -> Callable[[Reader], Reader]:
     """Decorator registering ``reader`` under ``name``; returns the reader unchanged."""
 
@@ -88,6 +91,7 @@ def register_dataset(
             label_field=label_field,
             hub_id=hub_id,
             meta_fields=tuple(meta_fields),
+            missing_hint=missing_hint,
         )
         return reader
 
@@ -160,9 +164,10 @@ def resolve_split_file(
             return ResolvedFile(path=path, origin=origin)
         skipped.append(f"{label} {root}")
     # TODO(hub): when online and spec.hub_id is set, load it with `datasets.load_dataset` here.
+    hint = f"; {spec.missing_hint}" if spec.missing_hint else ""
     raise ConfigError(
         f"dataset {name!r} split {split!r}: {relative} not found in {'; '.join(skipped)}; "
-        f"pass --data_dir (or set ${DATA_DIR_ENV}) to a folder containing {relative}"
+        f"pass --data_dir (or set ${DATA_DIR_ENV}) to a folder containing {relative}{hint}"
     )
 
 

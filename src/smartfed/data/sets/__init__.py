@@ -4,6 +4,28 @@ To add a dataset, write ``sets/<name>.py`` with a reader decorated by
 :func:`smartfed.data.registry.register_dataset` and import it below.
 """
 
-from smartfed.data.sets import gsm8k, instruct
+from smartfed.data.sets import (
+    doit,
+    gsm8k,
+    gsm8k_pal,
+    gsm_hard,
+    humaneval,
+    instruct,
+    math23k,
+    mbpp,
+    mgsm,
+    zh_code,
+)
 
-__all__ = ["gsm8k", "instruct"]
+__all__ = [
+    "doit",
+    "gsm8k",
+    "gsm8k_pal",
+    "gsm_hard",
+    "humaneval",
+    "instruct",
+    "math23k",
+    "mbpp",
+    "mgsm",
+    "zh_code",
+]

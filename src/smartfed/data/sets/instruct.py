@@ -54,20 +54,29 @@ def read_json_records(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
         yield f"{path}: record {index}", record
 
 
+def alpaca_example(
+    record: Mapping[str, Any], where: str, *, source: str, index: int
+) -> Example | None:
+    """The example of one Alpaca record, or None when its output is empty; errors name ``where``."""
+    instruction = require_field(record, "instruction", where, None, kind=str)
+    extra = require_field(record, "input", where, None, kind=str) if "input" in record else ""
+    output = require_field(record, "output", where, None, kind=str)
+    if not output.strip():
+        return None
+    prompt = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction
+    return Example(
+        prompt=prompt.strip(), response=output.strip(), meta={"source": source, "index": index}
+    )
+
+
 def alpaca_examples(path: Path, split: str, *, source: str) -> Iterator[Example]:
     """Examples of one Alpaca-format file, restricted to ``split`` (see the module docstring)."""
     for index, (where, record) in enumerate(read_json_records(path)):
         if not in_split(index, split):
             continue
-        instruction = require_field(record, "instruction", where, None, kind=str)
-        extra = require_field(record, "input", where, None, kind=str) if "input" in record else ""
-        output = require_field(record, "output", where, None, kind=str)
-        if not output.strip():
-            continue
-        prompt = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction
-        yield Example(
-            prompt=prompt.strip(), response=output.strip(), meta={"source": source, "index": index}
-        )
+        example = alpaca_example(record, where, source=source, index=index)
+        if example is not None:
+            yield example
 
 
 @register_dataset(

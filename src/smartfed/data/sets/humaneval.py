@@ -1,0 +1,79 @@
+"""HumanEval (openai/human-eval): 164 hand-written Python programming problems.
+
+``humaneval/HumanEval.jsonl.gz`` is gzip-compressed JSONL; records are ``{"task_id", "prompt",
+"entry_point", "canonical_solution", "test"}``. There is a single split, ``test``.
+
+The prompt is the HumanEval ``prompt`` (imports, the function signature and its docstring) and the
+response is ``canonical_solution`` (the function body that completes it), both unchanged, so
+``prompt + response`` is the reference program.
+
+``meta``: ``task_id`` (``"HumanEval/0"``, ...), ``entry_point`` (the function to test), ``test``
+(code defining ``check(candidate)``), ``code_prompt`` (the prompt again, for evaluators that
+format the chat prompt differently but must complete this code), ``source`` (``"humaneval"``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from smartfed.data.examples import Example
+from smartfed.data.registry import register_dataset, require_field
+from smartfed.errors import ConfigError
+
+
+def iter_gzip_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of a gzip JSONL file; errors name file and line."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        with gzip.open(path, "rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ConfigError(f"{path}:{line_no}: not UTF-8 text") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(
+                        f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise ConfigError(
+                        f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"
+                    )
+                yield line_no, record
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise ConfigError(f"{path}: not a readable gzip file ({exc})") from None
+
+
+@register_dataset(
+    "humaneval",
+    splits={"test": "humaneval/HumanEval.jsonl.gz"},
+    description="HumanEval Python function completion (openai/human-eval)",
+    hub_id="openai/openai_humaneval",
+    meta_fields=("task_id", "entry_point", "test", "code_prompt", "source"),
+)
+def read_humaneval(path: Path, split: str) -> Iterator[Example]:
+    for line_no, record in iter_gzip_jsonl(path):
+        fields = {
+            name: require_field(record, name, path, line_no, kind=str)
+            for name in ("task_id", "prompt", "entry_point", "canonical_solution", "test")
+        }
+        yield Example(
+            prompt=fields["prompt"],
+            response=fields["canonical_solution"],
+            meta={
+                "task_id": fields["task_id"],
+                "entry_point": fields["entry_point"],
+                "test": fields["test"],
+                "code_prompt": fields["prompt"],
+                "source": "humaneval",
+            },
+        )
