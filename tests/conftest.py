@@ -53,7 +53,6 @@ def make_adapter(tmp_path: Path) -> AdapterFactory:
     ) -> Path:
         index = next(counter)
         name = name or f"adapter{index}"
-        torch.manual_seed(1000 + (seed if seed is not None else index))
         config = LoraConfig(
             r=r,
             lora_alpha=alpha,
@@ -62,7 +61,9 @@ def make_adapter(tmp_path: Path) -> AdapterFactory:
             lora_dropout=0.0,
             **lora_kwargs,
         )
-        peft_model = get_peft_model(make_tiny_llama(), config)
+        base = make_tiny_llama()  # seeds torch itself; seed the adapter's draw after it
+        torch.manual_seed(1000 + (seed if seed is not None else index))
+        peft_model = get_peft_model(base, config)
         # Random B from PEFT is tiny-ish; make the update clearly visible in the logits.
         with torch.no_grad():
             for pname, param in peft_model.named_parameters():

@@ -58,7 +58,7 @@ def test_build_writes_a_peft_adapter_and_its_recipe(tmp_path, tiny_model_dir, ti
     folder = Path(entry.resolved_source())
     assert (folder / "adapter_config.json").is_file()
     with safe_open(folder / "adapter_model.safetensors", "pt") as handle:
-        dtypes = {handle.get_tensor(k).dtype for k in handle.keys()}
+        dtypes = {handle.get_tensor(k).dtype for k in handle.keys()}  # noqa: SIM118
     assert dtypes == {torch.float16}
     adapter = load_lora_adapter(folder)
     assert adapter.ranks == [4] and set(adapter.target_modules) == {"q_proj", "v_proj"}

@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks, answer extraction, generation and the code sandbox."""

@@ -1,0 +1,256 @@
+"""Evaluate a model on a benchmark and write the JSON result (aggregate + every item).
+
+What can be evaluated (:func:`load_eval_target`): the base model alone, the base model with a
+PEFT adapter folder, with a registered pool module, or a finished SmartFed run directory (base
+model + the run's pool + its final routers and quotas). Adapters are merged into the weights
+for evaluation, which is exact for LoRA and makes generation as fast as the base model.
+
+Results are plain JSON (:func:`write_result`): ``benchmark``, ``metric``, ``value``, ``n``, what
+was evaluated, the settings and timing, and ``items`` with prompt, generation, extracted answer
+and correctness for generative benchmarks, or the per-example answer-token loss for ``loss``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from smartfed import __version__
+from smartfed.data import encode_example, load_examples
+from smartfed.data.formatting import collate
+from smartfed.errors import ConfigError
+from smartfed.evaluation.benchmarks import Benchmark, get_benchmark
+from smartfed.evaluation.generation import generate
+from smartfed.evaluation.sandbox import SandboxLimits
+from smartfed.utils.io import write_json_atomic
+
+
+@dataclass
+class EvalTarget:
+    """A ready-to-run model, its tokenizer, and a JSON description of what it is."""
+
+    model: Any
+    tokenizer: Any
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def load_eval_target(
+    model_name_or_path: str | None = None,
+    *,
+    adapter: str | None = None,
+    pool_module: str | None = None,
+    run_dir: str | None = None,
+    pool_manifest: str | None = None,
+) -> EvalTarget:
+    """Load one of: base model, base + PEFT adapter, base + pool module, or a run directory."""
+    from smartfed.models import DEFAULT_MODEL, load_base_model
+
+    chosen = [name for name, v in (("--adapter", adapter), ("--pool_module", pool_module),
+                                   ("--run", run_dir)) if v]  # fmt: skip
+    if len(chosen) > 1:
+        raise ConfigError(f"give at most one of --adapter, --pool_module, --run (got {chosen})")
+    if run_dir:
+        return _load_run(run_dir, model_name_or_path, pool_manifest)
+
+    loaded = load_base_model(model_name_or_path or DEFAULT_MODEL)
+    description: dict[str, Any] = {
+        "kind": "base",
+        "base_model": loaded.source.display_name,
+        "base_model_fingerprint": loaded.source.fingerprint,
+    }
+    model = loaded.model
+    if adapter or pool_module:
+        from peft import PeftModel
+
+        from smartfed.pool import PoolRegistry
+        from smartfed.pool.pool import load_pool_module, resolve_pool_item
+
+        registry = PoolRegistry.default(pool_manifest)
+        item = pool_module or adapter
+        lora, _ = load_pool_module(item, registry)  # validates the folder with a clear error
+        lora.validate_against(model)
+        _, source, _ = resolve_pool_item(item, registry)
+        model = PeftModel.from_pretrained(model, source).merge_and_unload()
+        description.update(
+            kind="pool_module" if pool_module else "adapter",
+            adapter=item,
+            adapter_source=str(source),
+            adapter_fingerprint=lora.fingerprint(),
+        )
+    model.eval()
+    return EvalTarget(model=model, tokenizer=loaded.tokenizer, description=description)
+
+
+def _load_run(run_dir: str, model_override: str | None, pool_manifest: str | None) -> EvalTarget:
+    from smartfed.federation.config import config_from_dict
+    from smartfed.federation.rundir import RunDirectory
+    from smartfed.models import load_base_model
+    from smartfed.pool import PoolRegistry, load_pool
+    from smartfed.tuners.more import MoreModel
+
+    run = RunDirectory(run_dir)
+    saved = run.read_config()
+    saved.pop("smartfed_version", None)
+    config = config_from_dict(saved, source=str(run.config_path))
+    if not (run.final / "more_config.json").is_file():
+        raise ConfigError(f"--run {run_dir}: no final/ routers yet (the run has not finished)")
+    loaded = load_base_model(model_override or config.model_name_or_path)
+    pool = load_pool(config.pool_items, PoolRegistry.default(pool_manifest or config.pool_manifest))
+    more = MoreModel.from_pretrained(loaded.model, pool, run.final)
+    more.eval()
+    description = {
+        "kind": "run",
+        "run_dir": str(run_dir),
+        "task": config.task,
+        "pool": config.pool_items,
+        "base_model": loaded.source.display_name,
+        "base_model_fingerprint": loaded.source.fingerprint,
+        "quotas": more.get_quotas(),
+    }
+    return EvalTarget(model=more.model, tokenizer=loaded.tokenizer, description=description)
+
+
+def evaluate_benchmark(
+    target: EvalTarget,
+    benchmark: Benchmark | str,
+    *,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    sandbox: SandboxLimits | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate for the first ``limit`` items of a generative benchmark and score them."""
+    if isinstance(benchmark, str):
+        benchmark = get_benchmark(benchmark)
+    examples = load_examples(benchmark.dataset, benchmark.split, data_dir=data_dir, limit=limit)
+    prompts = [benchmark.prompt(ex) for ex in examples]
+    budget = max_new_tokens or benchmark.max_new_tokens
+    started = time.perf_counter()
+    generations = generate(
+        target.model,
+        target.tokenizer,
+        prompts,
+        max_new_tokens=budget,
+        batch_size=batch_size,
+        stop=benchmark.stop,
+        progress=progress,
+        description=benchmark.name,
+    )
+    generation_s = time.perf_counter() - started
+    limits = sandbox or SandboxLimits()
+    items = []
+    for index, (example, prompt, text) in enumerate(
+        zip(tqdm(examples, desc="scoring", disable=not progress), prompts, generations, strict=True)
+    ):
+        score = benchmark.score(example, text, limits)
+        items.append(
+            {
+                "index": index,
+                "prompt": prompt,
+                "generation": text,
+                "extracted": score.extracted,
+                "gold": example.meta.get("answer", example.meta.get("task_id")),
+                "correct": score.correct,
+                **({"detail": score.detail} if score.detail else {}),
+            }
+        )
+    correct = sum(item["correct"] for item in items)
+    return {
+        "benchmark": benchmark.name,
+        "description": benchmark.description,
+        "metric": benchmark.metric,
+        "value": correct / len(items) if items else None,
+        "correct": correct,
+        "n": len(items),
+        "dataset": benchmark.dataset,
+        "split": benchmark.split,
+        "limit": limit,
+        "settings": {"max_new_tokens": budget, "batch_size": batch_size, "decoding": "greedy"},
+        "model": target.description,
+        "seconds": {
+            "generation": round(generation_s, 2),
+            "total": round(time.perf_counter() - started, 2),
+        },
+        "smartfed_version": __version__,
+        "items": items,
+    }
+
+
+@torch.no_grad()
+def evaluate_loss(
+    target: EvalTarget,
+    dataset: str,
+    split: str = "test",
+    *,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 8,
+    max_seq_len: int = 512,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Mean answer-token loss and perplexity on a held-out split (prompt tokens masked out)."""
+    examples = load_examples(dataset, split, data_dir=data_dir, limit=limit)
+    rows = [(i, encode_example(target.tokenizer, ex, max_seq_len)) for i, ex in enumerate(examples)]
+    rows = [(i, row) for i, row in rows if row is not None]
+    if not rows:
+        raise ConfigError(f"{dataset}/{split}: no example fits max_seq_len {max_seq_len}")
+    pad_id = target.tokenizer.pad_token_id or 0
+    started = time.perf_counter()
+    model = target.model
+    was_training = model.training
+    model.eval()
+    items, total_loss, total_tokens = [], 0.0, 0
+    try:
+        for start in tqdm(range(0, len(rows), batch_size), desc=f"loss {dataset}/{split}",
+                          disable=not progress):  # fmt: skip
+            chunk = rows[start : start + batch_size]
+            batch = collate([row for _, row in chunk], pad_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = logits.logits[:, :-1].float()
+            labels = batch["labels"][:, 1:]
+            losses = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            )
+            for (index, _), row_loss, row_labels in zip(chunk, losses, labels, strict=True):
+                tokens = int((row_labels != -100).sum())
+                loss_sum = float(row_loss.sum())
+                total_loss += loss_sum
+                total_tokens += tokens
+                items.append({"index": index, "tokens": tokens, "loss": loss_sum / max(tokens, 1)})
+    finally:
+        model.train(was_training)
+    mean = total_loss / total_tokens
+    return {
+        "benchmark": "loss",
+        "description": "mean answer-token loss (prompt masked) on a held-out split",
+        "metric": "loss",
+        "value": mean,
+        "perplexity": math.exp(min(mean, 50.0)),
+        "tokens": total_tokens,
+        "n": len(items),
+        "skipped": len(examples) - len(items),
+        "dataset": dataset,
+        "split": split,
+        "limit": limit,
+        "settings": {"max_seq_len": max_seq_len, "batch_size": batch_size},
+        "model": target.description,
+        "seconds": {"total": round(time.perf_counter() - started, 2)},
+        "smartfed_version": __version__,
+        "items": items,
+    }
+
+
+def write_result(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, result)
+    return path
