@@ -131,12 +131,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_batch_size=8,
         output_dir="runs/smoke",
     ),
-    # Sized for a few minutes on 2 CPU cores. It will become the seed's composition
-    # (task cn_math, pool cn_chat,en_math) once those loaders and modules exist; until then it
-    # runs GSM8K with the smoke pool rather than pretend.
+    # The seed's composition (Chinese math from a Chinese-chat and an English-math module),
+    # sized for a few minutes on 2 CPU cores with the committed pool modules and bundled data.
     "demo": dict(
-        task="gsm8k",
-        lora_pool="smoke_math_a,smoke_math_b",
+        task="cn_math",
+        lora_pool="cn_chat,en_math",
         num_clients=8,
         sample_clients=2,
         num_rounds=6,
