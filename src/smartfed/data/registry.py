@@ -25,6 +25,7 @@ by :func:`load_jsonl` with a field mapping (``{split}`` in the path is replaced 
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import logging
@@ -213,31 +214,42 @@ def _looks_like_path(key: str) -> bool:
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line number, record)`` for each non-blank line; errors name file and line."""
+    """Yield ``(line number, record)`` for each non-blank line; errors name file and line.
+
+    A ``.gz`` file is read through gzip.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
     if not path.is_file():
         raise ConfigError(f"{path}: not a file")
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ConfigError(f"{path}:{line_no}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(
-                    f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})"
-                ) from None
-            if not isinstance(record, dict):
-                raise ConfigError(
-                    f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"
-                )
-            yield line_no, record
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            yield from _jsonl_records(path, handle)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise ConfigError(f"{path}: not a readable file ({exc})") from None
+
+
+def _jsonl_records(path: Path, handle: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line_no, raw in enumerate(handle, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}:{line_no}: not UTF-8 text") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+        if not isinstance(record, dict):
+            raise ConfigError(
+                f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"
+            )
+        yield line_no, record
 
 
 def require_field(

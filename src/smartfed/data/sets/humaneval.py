@@ -14,43 +14,11 @@ format the chat prompt differently but must complete this code), ``source`` (``"
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from smartfed.data.examples import Example
-from smartfed.data.registry import register_dataset, require_field
-from smartfed.errors import ConfigError
-
-
-def iter_gzip_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` of a gzip JSONL file; errors name file and line."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        with gzip.open(path, "rb") as handle:
-            for line_no, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise ConfigError(f"{path}:{line_no}: not UTF-8 text") from None
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(
-                        f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise ConfigError(
-                        f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}"
-                    )
-                yield line_no, record
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-        raise ConfigError(f"{path}: not a readable gzip file ({exc})") from None
+from smartfed.data.registry import iter_jsonl, register_dataset, require_field
 
 
 @register_dataset(
@@ -61,7 +29,7 @@ def iter_gzip_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     meta_fields=("task_id", "entry_point", "test", "code_prompt", "source"),
 )
 def read_humaneval(path: Path, split: str) -> Iterator[Example]:
-    for line_no, record in iter_gzip_jsonl(path):
+    for line_no, record in iter_jsonl(path):
         fields = {
             name: require_field(record, name, path, line_no, kind=str)
             for name in ("task_id", "prompt", "entry_point", "canonical_solution", "test")
