@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
 
 from smartfed.errors import ConfigError, PoolError
 from smartfed.pool import load_pool
@@ -17,23 +16,6 @@ from smartfed.tuners.lorahub import WEIGHTS_KEY, LoraHubConfig, LoraHubModel
 from ..conftest import make_tiny_llama
 
 ATOL = 1e-5
-
-
-def _redraw(path: Path, seed: int) -> Path:
-    """Give a fixture adapter its own random A and B (same shapes, same PEFT files).
-
-    ``make_adapter`` seeds before ``make_tiny_llama()``, which reseeds with 0, so adapters of
-    equal shapes come out with identical A and B (only alpha differs). These tests need
-    modules that really differ.
-    """
-    file = path / "adapter_model.safetensors"
-    gen = torch.Generator().manual_seed(seed)
-    state = {
-        key: torch.randn(value.shape, generator=gen) * (0.3 if "lora_B" in key else 0.1)
-        for key, value in load_file(str(file)).items()
-    }
-    save_file(state, str(file), metadata={"format": "pt"})
-    return path
 
 
 def _peft_deltas(path: Path) -> dict[str, torch.Tensor]:
@@ -68,9 +50,9 @@ def _hub(pool, weights: list[float] | None = None, **config) -> LoraHubModel:
 @pytest.fixture
 def hetero_paths(make_adapter) -> list[Path]:
     return [
-        _redraw(make_adapter("r4", r=4, alpha=8), seed=1),
-        _redraw(make_adapter("r8", r=8, alpha=32, use_rslora=True), seed=2),
-        _redraw(make_adapter("v_only", r=4, alpha=4, targets=("v_proj",)), seed=3),
+        make_adapter("r4", r=4, alpha=8, seed=1),
+        make_adapter("r8", r=8, alpha=32, use_rslora=True, seed=2),
+        make_adapter("v_only", r=4, alpha=4, targets=("v_proj",), seed=3),
     ]
 
 
@@ -102,8 +84,8 @@ def test_one_hot_weights_equal_peft_with_that_adapter_alone(
 
 def test_weighted_sum_has_no_cross_terms(make_adapter, input_ids):
     paths = [
-        _redraw(make_adapter("a", r=4, alpha=8), seed=1),
-        _redraw(make_adapter("b", r=4, alpha=16), seed=2),
+        make_adapter("a", r=4, alpha=8, seed=1),
+        make_adapter("b", r=4, alpha=16, seed=2),
     ]
     pool = load_pool([str(p) for p in paths])
     w = [0.3, 0.7]

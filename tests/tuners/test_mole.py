@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
 
 from smartfed.errors import ConfigError, PoolError
 from smartfed.pool import load_pool
@@ -19,23 +18,6 @@ from ..conftest import make_tiny_llama
 ATOL = 1e-5
 Q0 = "model.layers.0.self_attn.q_proj"
 V0 = "model.layers.0.self_attn.v_proj"
-
-
-def _redraw(path: Path, seed: int) -> Path:
-    """Give a fixture adapter its own random A and B (same shapes, same PEFT files).
-
-    ``make_adapter`` seeds before ``make_tiny_llama()``, which reseeds with 0, so adapters of
-    equal shapes come out with identical A and B (only alpha differs). These tests need
-    modules that really differ.
-    """
-    file = path / "adapter_model.safetensors"
-    gen = torch.Generator().manual_seed(seed)
-    state = {
-        key: torch.randn(value.shape, generator=gen) * (0.3 if "lora_B" in key else 0.1)
-        for key, value in load_file(str(file)).items()
-    }
-    save_file(state, str(file), metadata={"format": "pt"})
-    return path
 
 
 def _peft_deltas(path: Path) -> dict[str, torch.Tensor]:
@@ -79,9 +61,9 @@ def _mean_update_reference(paths: list[Path]) -> torch.nn.Module:
 @pytest.fixture
 def hetero_paths(make_adapter) -> list[Path]:
     return [
-        _redraw(make_adapter("r4", r=4, alpha=8), seed=1),
-        _redraw(make_adapter("r8", r=8, alpha=32, use_rslora=True), seed=2),
-        _redraw(make_adapter("v_only", r=4, alpha=4, targets=("v_proj",)), seed=3),
+        make_adapter("r4", r=4, alpha=8, seed=1),
+        make_adapter("r8", r=8, alpha=32, use_rslora=True, seed=2),
+        make_adapter("v_only", r=4, alpha=4, targets=("v_proj",), seed=3),
     ]
 
 
