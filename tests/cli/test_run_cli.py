@@ -76,7 +76,7 @@ def test_smoke_preset_on_the_default_model(capsys, tmp_path):
         assert len(row["quotas"]) == 60  # 30 layers × (q_proj, v_proj)
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["pool"] == ["smoke_math_a", "smoke_math_b"]
-    assert summary["trainable_router_parameters"] == 30 * (16 * 576 + 16 * 576)
+    assert summary["trainable_parameters"] == 30 * (16 * 576 + 16 * 576)
     assert summary["bytes_up"] == sum(r["bytes_up"] for r in rows)
     assert summary["initial_eval"]["eval_loss"] > 0
     config = json.loads((out_dir / "config.json").read_text())

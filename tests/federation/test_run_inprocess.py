@@ -64,7 +64,7 @@ def test_run_writes_the_whole_run_directory(tiny_run_config):
     checkpoints = sorted((run / "checkpoints").iterdir())
     assert [c.name for c in checkpoints] == ["round_0002", "round_0003"]
     state = json.loads((checkpoints[-1] / "state.json").read_text())
-    assert state["round"] == 3 and len(state["quotas"]) == 4
+    assert state["round"] == 3 and len(state["server_logic"]["quotas"]) == 4
 
     partitions = json.loads((run / "partitions.json").read_text())
     assert sum(c["size"] for c in partitions["clients"]) == 48
@@ -73,14 +73,16 @@ def test_run_writes_the_whole_run_directory(tiny_run_config):
     assert summary["bytes_up"] == sum(r["bytes_up"] for r in rows)
     assert summary["initial_eval"]["eval_loss"] > 0
     assert summary["final_eval"]["round"] == 3
-    assert summary["trainable_router_parameters"] == router_numel
+    assert summary["trainable_parameters"] == router_numel
+    assert summary["communicated_parameters"] == router_numel
+    assert summary["method"] == "smartfed"
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["bytes_down"] == summary["bytes_down"]
 
     # final/ reloads for inference and reproduces the last checkpoint's routers
     pool = load_pool(config.pool_items)
     more = MoreModel.from_pretrained(make_tiny_llama(), pool, run / "final")
-    final = load_file(str(checkpoints[-1] / "routers.safetensors"))
+    final = load_file(str(checkpoints[-1] / "global_state.safetensors"))
     for name, tensor in more.router_state_dict().items():
         torch.testing.assert_close(tensor, final[name])
     assert more.get_quotas().tolist() == rows[-1]["quotas"]

@@ -19,6 +19,7 @@ from smartfed.federation.rundir import RunDirectory
 # flag -> (type, help). Every default is None so only flags the user gave override the
 # preset / config file; the real defaults live in RunConfig.
 _FLAGS: dict[str, tuple[type, str]] = {
+    "method": (str, "federated method (see `smartfed methods`): smartfed, fedit, ffa_lora, ..."),
     "model_name_or_path": (
         str,
         "base model: hub id, HF folder, .gguf file or smollm2-135m-instruct",
@@ -49,7 +50,15 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "eeqa_warmup_rounds": (int, "rounds of uniform K before EEQA starts"),
     "k_min": (int, "smallest quota EEQA may give a matrix"),
     "energy_country": (str, "ISO code for CodeCarbon's offline carbon intensity"),
+    "metric_samples": (int, "task-benchmark items scored on the final model (0: none)"),
+    "lora_rank": (int, "rank of a fresh LoRA (fedit, ffa_lora, fedsa_lora); default: pool's"),
+    "lora_alpha": (float, "alpha of a fresh LoRA; default: the pool's"),
+    "lora_targets": (str, "comma-separated target modules of a fresh LoRA; default: the pool's"),
+    "mole_top_k": (int, "MoLE: pool modules kept per token and matrix"),
 }
+
+
+_SWITCHES = ("partition", "engine", "enable_eeqa", "dense")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +70,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--enable_eeqa", action=argparse.BooleanOptionalAction, default=None,
         help="EEQA quota re-allocation (--no-enable_eeqa: uniform K)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dense", action=argparse.BooleanOptionalAction, default=None,
+        help="SmartFed ablation: every expert on every token (K = M, no EEQA)",
     )  # fmt: skip
     for name, (kind, text) in _FLAGS.items():
         parser.add_argument(f"--{name}", type=kind, default=None, help=text)
@@ -74,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     if args.resume:
-        given = [n for n in (*_FLAGS, "partition", "engine", "enable_eeqa") if getattr(args, n)]
+        given = [n for n in (*_FLAGS, *_SWITCHES) if getattr(args, n)]
         if args.preset or args.config or given:
             raise ConfigError(
                 "--resume DIR continues a run with its saved config.json; do not combine it "
@@ -84,9 +97,7 @@ def config_from_args(args: argparse.Namespace):
         saved.pop("smartfed_version", None)
         saved.update(output_dir=args.resume, resume=True)
         return config_from_dict(saved, source=f"{args.resume}/config.json")
-    overrides = {
-        name: getattr(args, name) for name in (*_FLAGS, "partition", "engine", "enable_eeqa")
-    }
+    overrides = {name: getattr(args, name) for name in (*_FLAGS, *_SWITCHES)}
     return resolve_config(preset=args.preset, config_file=args.config, overrides=overrides)
 
 

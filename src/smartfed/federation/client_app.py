@@ -1,43 +1,57 @@
-"""SmartFed's Flower ClientApp: local router training on the node's partition."""
+"""SmartFed's Flower ClientApp: local training of the run's method on the node's partition.
+
+What is trained and sent is the method's business (:mod:`smartfed.methods`): routers for
+SmartFed and MoLE, A and B for FedIT, B for FFA-LoRA, A for FedSA-LoRA. A method's client-local
+state (FedSA-LoRA's B) lives in the node's ``context.state`` between rounds, as Flower intends.
+"""
 
 from __future__ import annotations
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from smartfed.federation.core import client_seed, train_local
+from smartfed.federation.core import client_seed, evaluate_loss, train_local
 from smartfed.federation.runtime import get_runtime
 from smartfed.federation.settings import from_run_config
 
 app = ClientApp()
+LOCAL_STATE_KEY = "smartfed-local-state"
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = from_run_config(context.run_config, context.node_config)
     runtime = get_runtime(config)
+    method = runtime.method
     partition_id = int(context.node_config["partition-id"])
     round_config = msg.content["config"]
     server_round = int(round_config["server-round"])
     stream = runtime.client_batches(partition_id, server_round)
+    kept = context.state.get(LOCAL_STATE_KEY)
     update = train_local(
-        runtime.more,
+        method,
         (stream.next_batch() for _ in range(config.local_steps)),
-        router_state=msg.content["arrays"].to_torch_state_dict(),
-        quotas=list(round_config["quotas"]),
+        global_state=msg.content["arrays"].to_torch_state_dict(),
+        local_state=kept.to_torch_state_dict() if kept else runtime.initial_local_state,
+        round_config=dict(round_config),
         local_steps=config.local_steps,
         learning_rate=config.learning_rate,
         num_examples=len(runtime.encoded_partition(partition_id)),
         seed=client_seed(config.seed, server_round, partition_id),
     )
-    metrics = MetricRecord(
-        {
-            "num-examples": update.num_examples,
-            "train-loss": update.train_loss,
-            "tokens": update.tokens,
-            "step-time-s": update.step_time_s,
-            "importance": [float(v) for v in update.importance],
-        }
-    )
-    arrays = ArrayRecord(update.router_state)
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    if update.local_state:
+        context.state[LOCAL_STATE_KEY] = ArrayRecord(update.local_state)
+    metrics = {
+        "num-examples": update.num_examples,
+        "train-loss": update.train_loss,
+        "tokens": update.tokens,
+        "step-time-s": update.step_time_s,
+        **update.metrics,
+    }
+    if method.evaluates_on_clients and config.eval_samples:
+        # Personalised evaluation (FedSA-LoRA): this client's own model on the held-out set.
+        result = evaluate_loss(method.model, runtime.eval_batches)
+        metrics["eval-loss-sum"] = result.get("eval_loss_sum", 0.0)
+        metrics["eval-tokens"] = result.get("eval_tokens", 0)
+    arrays = ArrayRecord(update.global_state)
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -21,6 +21,7 @@ ENGINES = ("inprocess", "simulation")
 @dataclass
 class RunConfig:
     # what to train
+    method: str = "smartfed"  # see smartfed.methods (``smartfed run --help`` lists them)
     model_name_or_path: str = "smollm2-135m-instruct"
     lora_pool: str = "cn_chat,en_math"
     pool_manifest: str | None = None
@@ -44,6 +45,12 @@ class RunConfig:
     output_scale: str = "k"
     importance_score: str = "cosine"
     router_init_std: float = 0.02
+    dense: bool = False  # SmartFed ablation: K_ℓ = M_ℓ (every expert, EEQA off)
+    # baselines: fresh LoRA shape (default: the first pool module's) and MoLE's module top-k
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: str | None = None
+    mole_top_k: int = 2
     # data split and evaluation
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
@@ -51,6 +58,7 @@ class RunConfig:
     eval_every: int = 1
     eval_samples: int = 64
     eval_batch_size: int = 8
+    metric_samples: int = 0  # task-benchmark items generated and scored after the last round
     # run
     seed: int = 0
     engine: str = "inprocess"
@@ -104,6 +112,17 @@ class RunConfig:
                 f"--engine must be one of {', '.join(ENGINES)} (deployment runs through "
                 f"`flwr run`, see the README), got {self.engine!r}"
             )
+        if self.metric_samples < 0:
+            raise ConfigError("--metric_samples must be >= 0 (0: no final task metric)")
+        if self.mole_top_k < 1:
+            raise ConfigError(f"--mole_top_k must be >= 1, got {self.mole_top_k!r}")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise ConfigError(f"--lora_rank must be >= 1, got {self.lora_rank!r}")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ConfigError(f"--lora_alpha must be > 0, got {self.lora_alpha!r}")
+        from smartfed.methods.registry import get_method
+
+        get_method(self.method)  # unknown names fail here, listing the known ones
         if not self.lora_pool.strip():
             raise ConfigError("--lora_pool must name at least one pool module")
 
@@ -168,6 +187,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         known = ", ".join(sorted(field_types))
         raise ConfigError(f"{source}: unknown setting '{name}'; known settings: {known}")
     kind = field_types[name]
+    if kind.endswith(" | None"):
+        if value is None:
+            return None
+        kind = kind.removesuffix(" | None")
     if kind in ("int",) and isinstance(value, bool):
         raise ConfigError(f"{source}: '{name}' must be an integer, got {value!r}")
     if kind == "float" and isinstance(value, int) and not isinstance(value, bool):

@@ -8,27 +8,31 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from smartfed.eeqa import allocate_quotas, uniform_quotas
 from smartfed.importance.aggregation import ema_update, weighted_mean
-from smartfed.tuners.more import MoreModel
+
+if TYPE_CHECKING:
+    from smartfed.methods.base import FederatedMethod
 
 
 @dataclass
 class ClientUpdate:
     """What one client sends back after a round of local training."""
 
-    router_state: dict[str, torch.Tensor]
+    global_state: dict[str, torch.Tensor]  # the averaged part of what it trained
+    local_state: dict[str, torch.Tensor]  # the part it keeps (FedSA-LoRA's B); never sent
     num_examples: int  # size of the client's partition: the FedAvg weight
-    tokens: int  # real tokens the importance was measured on: the importance weight
+    tokens: int  # real tokens trained on: the weight of token-averaged statistics
     train_loss: float
-    importance: np.ndarray  # (P,) per-matrix mean importance
     step_time_s: float
+    metrics: dict[str, Any] = field(default_factory=dict)  # method extras (e.g. importance)
 
 
 def seed_everything(seed: int) -> None:
@@ -42,61 +46,67 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 def train_local(
-    more: MoreModel,
+    method: FederatedMethod,
     batches: Iterable[dict[str, torch.Tensor]],
     *,
-    router_state: dict[str, torch.Tensor],
-    quotas: Sequence[int],
+    global_state: dict[str, torch.Tensor],
+    local_state: dict[str, torch.Tensor],
+    round_config: Mapping[str, Any],
     local_steps: int,
     learning_rate: float,
     num_examples: int,
     seed: int,
 ) -> ClientUpdate:
-    """Load the global routers and quotas, run ``local_steps`` AdamW steps, report back.
+    """Load the global (and the client's own) state, run ``local_steps`` AdamW steps, report.
 
-    Only router parameters are trained; the base model and experts are frozen buffers.
+    Only the method's trainable parameters change; the base model and the pool stay frozen.
     A fresh optimizer each round is the FedAvg convention (no optimizer state crosses rounds).
     """
     seed_everything(seed)
-    more.load_router_state_dict(router_state)
-    more.set_quotas(np.asarray(quotas))
-    params = [p for p in more.parameters() if p.requires_grad]
+    method.load_global_state(global_state)
+    method.load_local_state(local_state)
+    method.apply_round_config(round_config)
+    params = list(method.trainable_parameters().values())
     optimizer = torch.optim.AdamW(params, lr=learning_rate)
-    more.train()
-    more.read_importance(reset=True)
-    more.track_importance(True)
-    losses, iterator = [], iter(batches)
+    model = method.model
+    model.train()
+    method.start_local_training()
+    losses, tokens, iterator = [], 0, iter(batches)
     started = time.perf_counter()
     try:
         for _ in range(local_steps):
             batch = next(iterator)
-            loss = more(**batch).loss
+            loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            tokens += int(batch["attention_mask"].sum())
     finally:
-        more.track_importance(False)
-        more.eval()
+        extras = method.finish_local_training()
+        model.eval()
     elapsed = time.perf_counter() - started
-    stats = more.read_importance(reset=True)
     return ClientUpdate(
-        router_state=more.router_state_dict(),
+        global_state=method.global_state(),
+        local_state=method.local_state(),
         num_examples=num_examples,
-        tokens=stats.tokens,
+        tokens=tokens,
         train_loss=float(np.mean(losses)),
-        importance=stats.matrix,
         step_time_s=elapsed / max(local_steps, 1),
+        metrics=extras,
     )
 
 
 @torch.no_grad()
-def evaluate_loss(more: MoreModel, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Mean answer-token loss (labels != -100) and perplexity over ``batches``."""
-    more.eval()
+def evaluate_loss(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict:
+    """Mean answer-token loss (labels != -100) and perplexity over ``batches``.
+
+    Also returns the summed loss, so token-weighted means over clients stay exact.
+    """
+    model.eval()
     total_loss, total_tokens = 0.0, 0
     for batch in batches:
-        logits = more(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         logits = logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(
@@ -109,8 +119,17 @@ def evaluate_loss(more: MoreModel, batches: Iterable[dict[str, torch.Tensor]]) -
         total_tokens += int((labels != -100).sum())
     if total_tokens == 0:
         return {}
-    mean = total_loss / total_tokens
-    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0)), "eval_tokens": total_tokens}
+    return loss_metrics(total_loss, total_tokens)
+
+
+def loss_metrics(loss_sum: float, tokens: int) -> dict[str, float]:
+    mean = loss_sum / tokens
+    return {
+        "eval_loss": mean,
+        "eval_ppl": math.exp(min(mean, 50.0)),
+        "eval_tokens": tokens,
+        "eval_loss_sum": loss_sum,
+    }
 
 
 def update_importance(
@@ -151,5 +170,5 @@ def is_finite_update(update_state: dict[str, torch.Tensor], loss: float) -> str 
         return f"train loss is {loss}"
     for name, tensor in update_state.items():
         if not torch.isfinite(tensor).all():
-            return f"router '{name}' has NaN/Inf values"
+            return f"'{name}' has NaN/Inf values"
     return None

@@ -3,8 +3,11 @@
     config.json        resolved configuration
     partitions.json    per-client partition sizes (and label histograms)
     metrics.jsonl      one JSON object per completed round
-    checkpoints/       round_NNNN/{routers.safetensors,state.json}: whole server state
-    final/             routers + MoRE config, loadable for inference
+    checkpoints/       round_NNNN/{global_state.safetensors,state.json}: whole server state
+    final/             the trained model in its method's format (SmartFed: routers + MoRE
+                       config; FedIT / FFA-LoRA: a PEFT adapter folder), loadable for inference
+    final_metric.json  the task benchmark on the final model (with --metric_samples)
+    usage.json         routing methods: per matrix, the share of routing per pool module
     summary.json       totals
 
 Every file is written atomically (temp file + rename), and a checkpoint folder appears only
@@ -28,6 +31,7 @@ from smartfed.errors import ConfigError
 from smartfed.utils.io import write_dir_atomic, write_json_atomic, write_text_atomic
 
 CHECKPOINTS_KEPT = 2
+GLOBAL_STATE_NAME = "global_state.safetensors"
 
 
 @dataclass
@@ -35,9 +39,8 @@ class ServerState:
     """Everything the server needs to continue a run after ``round``."""
 
     round: int
-    routers: dict[str, torch.Tensor]
-    quotas: list[int]
-    ema_importance: list[float] | None
+    global_state: dict[str, torch.Tensor]  # what the server averages (routers, LoRA A/B, ...)
+    server_logic: dict[str, Any]  # the method's server state (SmartFed: quotas, EMA importance)
     totals: dict[str, float] = field(default_factory=dict)  # bytes, wall time, energy so far
     rng: dict[str, Any] = field(default_factory=dict)
 
@@ -108,13 +111,12 @@ class RunDirectory:
     def save_checkpoint(self, state: ServerState) -> Path:
         def fill(tmp: Path) -> None:
             save_file(
-                {k: v.contiguous() for k, v in state.routers.items()},
-                str(tmp / "routers.safetensors"),
+                {k: v.contiguous() for k, v in state.global_state.items()},
+                str(tmp / GLOBAL_STATE_NAME),
             )
             meta = {
                 "round": state.round,
-                "quotas": state.quotas,
-                "ema_importance": state.ema_importance,
+                "server_logic": state.server_logic,
                 "totals": state.totals,
                 "rng": state.rng,
             }
@@ -137,14 +139,13 @@ class RunDirectory:
         latest = dirs[-1]
         try:
             meta = json.loads((latest / "state.json").read_text(encoding="utf-8"))
-            routers = load_file(str(latest / "routers.safetensors"))
+            global_state = load_file(str(latest / GLOBAL_STATE_NAME))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"checkpoint {latest} is unreadable: {exc}") from None
         return ServerState(
             round=int(meta["round"]),
-            routers=routers,
-            quotas=list(meta["quotas"]),
-            ema_importance=meta.get("ema_importance"),
+            global_state=global_state,
+            server_logic=dict(meta.get("server_logic", {})),
             totals=dict(meta.get("totals", {})),
             rng=dict(meta.get("rng", {})),
         )

@@ -1,4 +1,4 @@
-"""Everything a process needs to train or evaluate: base model, pool, MoRE model, task data.
+"""Everything a process needs to train or evaluate: base model, pool, method, task data.
 
 Built once per process and cached: the in-process engine shares one runtime between the server
 and all clients (they run one after the other), and each SuperNode process builds its own from
@@ -12,21 +12,20 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
-
 from smartfed.data import BatchStream, encode_example, load_examples, partition_examples
 from smartfed.data.formatting import collate
 from smartfed.data.tasks import get_task
 from smartfed.federation.config import RunConfig
 from smartfed.federation.core import client_seed, seed_everything
+from smartfed.methods import build_method
 from smartfed.models import load_base_model
 from smartfed.pool import PoolRegistry, load_pool
-from smartfed.tuners.more import MoreConfig, MoreModel
 
 log = logging.getLogger(__name__)
 
 # Settings that change what a runtime holds; others (rounds, output dir, ...) do not.
 _RUNTIME_KEYS = (
+    "method", "dense", "lora_rank", "lora_alpha", "lora_targets", "mole_top_k",
     "model_name_or_path", "lora_pool", "pool_manifest", "task", "data_dir", "num_clients",
     "max_seq_len", "topk_experts", "k_min", "output_scale", "importance_score",
     "router_init_std", "partition", "dirichlet_alpha", "partition_field", "eval_samples", "seed",
@@ -45,19 +44,12 @@ class Runtime:
         self.tokenizer = loaded.tokenizer
         self.model_source = loaded.source
         self.pool = load_pool(config.pool_items, PoolRegistry.default(config.pool_manifest))
-        seed_everything(config.seed)  # router initialisation is part of the run's seed
-        self.more = MoreModel(
-            loaded.model,
-            self.pool,
-            MoreConfig(
-                top_k=config.topk_experts,
-                output_scale=config.output_scale,
-                router_init_std=config.router_init_std,
-                importance_score=config.importance_score,
-                k_min=config.k_min,
-            ),
-        )
-        self.initial_router_state = self.more.router_state_dict()
+        # Router init and a fresh LoRA's A come from the run seed: every process builds the
+        # same initial model.
+        seed_everything(config.seed)
+        self.method = build_method(config, loaded.model, self.pool)
+        self.initial_global_state = self.method.global_state()
+        self.initial_local_state = self.method.local_state()
         self.train_examples = load_examples(
             self.task.train_dataset, self.task.train_split, data_dir=config.data_dir
         )
@@ -106,10 +98,6 @@ class Runtime:
         size = self.config.eval_batch_size
         pad = self.tokenizer.pad_token_id
         return [collate(encoded[i : i + size], pad) for i in range(0, len(encoded), size)]
-
-    @property
-    def capacities(self) -> np.ndarray:
-        return self.more.capacities
 
 
 def get_runtime(config: RunConfig) -> Runtime:

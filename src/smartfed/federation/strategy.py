@@ -1,12 +1,14 @@
-"""SmartFed's Flower strategy: FedAvg over routers, plus importance aggregation and EEQA.
+"""SmartFed's Flower strategy: FedAvg over the method's global state, plus its server logic.
 
 On top of FedAvg it
 - samples ``sample_clients`` nodes per round from a seeded RNG (so a resumed run samples the
   same clients an uninterrupted one would);
-- sends the per-matrix quota table with the routers each round;
+- sends the method's round config with the global state (SmartFed: the quota table);
 - drops clients that failed or returned non-finite values, with the reason logged, and fails the
   round with a clear message when fewer than ``min_replies`` usable replies remain;
-- aggregates importance (token-weighted mean, then EMA) and runs EEQA for the next round;
+- hands the usable replies' metrics to the method's :class:`ServerLogic` (SmartFed: importance
+  aggregation and EEQA for the next round);
+- collects clients' own evaluation where the method evaluates on clients (FedSA-LoRA);
 - counts the bytes of every record it sends and receives.
 """
 
@@ -24,7 +26,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from smartfed.errors import SmartFedError
-from smartfed.federation.core import is_finite_update, next_quotas, update_importance
+from smartfed.federation.core import is_finite_update, loss_metrics
+from smartfed.methods.base import ServerLogic
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ class RoundReport:
     bytes_up: int = 0
     train_loss: float | None = None
     step_time_s: float | None = None
-    client_importance: list[list[float]] = field(default_factory=list)
+    round_config: dict = field(default_factory=dict)  # the method's round config it used
+    client_eval: dict[str, float] | None = None  # clients' own evaluation, if the method has one
     started: float = field(default_factory=time.time)
 
 
@@ -60,16 +64,9 @@ class SmartFedStrategy(FedAvg):
         num_clients: int,
         sample_clients: int,
         min_replies: int,
-        capacities: np.ndarray,
-        top_k: int,
-        k_min: int,
-        enable_eeqa: bool,
-        eeqa_warmup_rounds: int,
-        ema_beta: float,
+        server_logic: ServerLogic,
         seed: int,
         round_offset: int = 0,
-        quotas: np.ndarray | None = None,
-        ema_importance: np.ndarray | None = None,
         node_wait_s: float = 600.0,
     ):
         super().__init__(
@@ -81,21 +78,10 @@ class SmartFedStrategy(FedAvg):
         self.num_clients = num_clients
         self.sample_clients = sample_clients
         self.min_replies = min_replies
-        self.capacities = np.asarray(capacities)
-        self.top_k, self.k_min = top_k, k_min
-        self.enable_eeqa, self.eeqa_warmup_rounds = enable_eeqa, eeqa_warmup_rounds
-        self.ema_beta, self.seed = ema_beta, seed
+        self.server_logic = server_logic
+        self.seed = seed
         self.round_offset = round_offset
         self.node_wait_s = node_wait_s
-        self.quotas = (
-            np.asarray(quotas)
-            if quotas is not None
-            else next_quotas(
-                importance=None, capacities=self.capacities, top_k=top_k, k_min=k_min,
-                completed_round=0, warmup_rounds=eeqa_warmup_rounds, enable_eeqa=enable_eeqa,
-            )
-        )  # fmt: skip
-        self.ema_importance = ema_importance
         self.reports: dict[int, RoundReport] = {}
 
     def absolute_round(self, server_round: int) -> int:
@@ -123,11 +109,10 @@ class SmartFedStrategy(FedAvg):
         node_ids = self._wait_for_nodes(grid)
         rng = np.random.default_rng([self.seed, absolute])
         chosen = sorted(int(n) for n in rng.choice(node_ids, self.sample_clients, replace=False))
-        config = ConfigRecord(
-            {**dict(config), "server-round": absolute, "quotas": [int(q) for q in self.quotas]}
-        )
+        extra = self.server_logic.round_config()
+        config = ConfigRecord({**dict(config), **extra, "server-round": absolute})
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        report = RoundReport(server_round=absolute, sampled=chosen)
+        report = RoundReport(server_round=absolute, sampled=chosen, round_config=extra)
         report.bytes_down = record_bytes(content) * len(chosen)
         self.reports[absolute] = report
         return [
@@ -173,21 +158,12 @@ class SmartFedStrategy(FedAvg):
             np.average([m["train-loss"] for m in metric_records], weights=weights)
         )
         report.step_time_s = float(np.mean([m["step-time-s"] for m in metric_records]))
-        importance = [np.asarray(m["importance"], dtype=np.float64) for m in metric_records]
-        report.client_importance = [imp.tolist() for imp in importance]
-        self.ema_importance = update_importance(
-            self.ema_importance, importance, [int(m["tokens"]) for m in metric_records],
-            self.ema_beta,
-        )  # fmt: skip
-        self.quotas = next_quotas(
-            importance=self.ema_importance,
-            capacities=self.capacities,
-            top_k=self.top_k,
-            k_min=self.k_min,
-            completed_round=absolute,
-            warmup_rounds=self.eeqa_warmup_rounds,
-            enable_eeqa=self.enable_eeqa,
-        )
+        if all("eval-tokens" in m for m in metric_records):
+            tokens = sum(int(m["eval-tokens"]) for m in metric_records)
+            if tokens:
+                loss_sum = sum(float(m["eval-loss-sum"]) for m in metric_records)
+                report.client_eval = loss_metrics(loss_sum, tokens)
+        self.server_logic.aggregate(metric_records, absolute)
         return arrays, metrics
 
     def _unusable(self, reply: Message) -> str | None:
@@ -195,14 +171,11 @@ class SmartFedStrategy(FedAvg):
         if "arrays" not in content or "metrics" not in content:
             return "reply lacks arrays or metrics"
         metrics = content["metrics"]
-        for key in ("num-examples", "train-loss", "tokens", "importance", "step-time-s"):
+        for key in ("num-examples", "train-loss", "tokens", "step-time-s"):
             if key not in metrics:
                 return f"reply metrics lack '{key}'"
         state = content["arrays"].to_torch_state_dict()
         reason = is_finite_update(state, float(metrics["train-loss"]))
         if reason:
             return reason
-        importance = np.asarray(metrics["importance"], dtype=np.float64)
-        if importance.shape != self.capacities.shape or not np.isfinite(importance).all():
-            return "importance vector has the wrong length or non-finite values"
-        return None
+        return self.server_logic.check_reply(metrics)

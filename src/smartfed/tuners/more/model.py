@@ -194,10 +194,8 @@ class MoreModel(nn.Module):
         )
         return directory
 
-    @classmethod
-    def from_pretrained(cls, model: nn.Module, pool: LoraPool, directory: str | Path) -> MoreModel:
-        """Rebuild MoRE on ``model`` + ``pool``; load routers and quotas from ``directory``."""
-        directory = Path(directory)
+    @staticmethod
+    def _read_saved(directory: Path, pool: LoraPool) -> dict:
         config_path = directory / MORE_CONFIG_NAME
         try:
             saved = json.loads(config_path.read_text(encoding="utf-8"))
@@ -215,18 +213,35 @@ class MoreModel(nn.Module):
                 f"given pool [{', '.join(pool.names)}] has fingerprint {pool.fingerprint()[:12]}: "
                 "load them with the same pool modules"
             )
-        config = MoreConfig.from_dict(saved["more_config"], source=str(config_path))
+        return saved
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, pool: LoraPool, directory: str | Path) -> MoreModel:
+        """Rebuild MoRE on ``model`` + ``pool``; load routers and quotas from ``directory``."""
+        directory = Path(directory)
+        saved = cls._read_saved(directory, pool)
+        config = MoreConfig.from_dict(
+            saved["more_config"], source=str(directory / MORE_CONFIG_NAME)
+        )
         more = cls(model, pool, config)
-        if saved.get("matrices") != more.matrix_names:
-            raise PoolError(f"{config_path}: matrix list differs from the one this pool yields")
+        more.load_pretrained_state(directory)
+        return more
+
+    def load_pretrained_state(self, directory: str | Path) -> None:
+        """Load routers and quotas saved by :meth:`save_pretrained` into this model."""
+        directory = Path(directory)
+        saved = self._read_saved(directory, self.pool)
+        if saved.get("matrices") != self.matrix_names:
+            raise PoolError(
+                f"{directory / MORE_CONFIG_NAME}: matrix list differs from the one this pool yields"
+            )
         weights = directory / ROUTER_WEIGHTS_NAME
         try:
             state = load_file(str(weights))
         except (OSError, Exception) as exc:  # safetensors raises its own error type
             raise PoolError(f"cannot read router weights {weights}: {exc}") from None
-        more.load_router_state_dict(state)
-        more.set_quotas(saved["quotas"])
-        return more
+        self.load_router_state_dict(state)
+        self.set_quotas(saved["quotas"])
 
     def unload(self) -> nn.Module:
         """Put the original linear layers back and return the plain base model."""

@@ -1,0 +1,173 @@
+"""What a federated fine-tuning method is, as far as the Flower apps are concerned.
+
+A method wraps the frozen base model (and, for knowledge-reuse methods, the LoRA pool) into a
+trainable ``nn.Module`` and answers the questions every round asks:
+
+- which parameters a client trains (those with ``requires_grad``);
+- which of them travel to and from the server and are averaged (:meth:`global_state`), and
+  which stay on the client between rounds (:meth:`local_state`, e.g. FedSA-LoRA's B);
+- what the server adds to FedAvg (:class:`ServerLogic`, e.g. SmartFed's quotas and EEQA);
+- how the final model is saved and reloaded.
+
+Parameter names are those of :attr:`FederatedMethod.state_module`, so checkpoints, messages and
+final folders agree. Everything random at construction (router init, a fresh LoRA's A) comes
+from the run seed, which the runtime sets before building: every process builds the same
+initial model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from smartfed.errors import ConfigError
+from smartfed.pool import LoraPool
+
+if TYPE_CHECKING:
+    from smartfed.federation.config import RunConfig
+
+
+class ServerLogic:
+    """Server-side work a method adds to plain FedAvg; this default adds none.
+
+    The strategy calls these around every round; all of it must be JSON-serialisable through
+    :meth:`state_dict` so a resumed run continues exactly.
+    """
+
+    def round_config(self) -> dict[str, Any]:
+        """Extra entries of the ConfigRecord sent to clients with the global state."""
+        return {}
+
+    def check_reply(self, metrics: Mapping[str, Any]) -> str | None:
+        """None if a reply's metrics carry what :meth:`aggregate` needs, else the reason not."""
+        return None
+
+    def aggregate(self, metrics: list[Mapping[str, Any]], completed_round: int) -> None:
+        """Digest the usable replies' metrics after round ``completed_round``."""
+
+    def round_fields(self, used_config: Mapping[str, Any]) -> dict[str, Any]:
+        """Fields for the round's metrics.jsonl row, given the round config the round used."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (resume)."""
+
+
+class FederatedMethod(ABC):
+    """One federated fine-tuning method. Subclasses register with ``@register_method``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for --help and reports
+    reuses_pool: ClassVar[bool]  # knowledge reuse (pool modules) vs knowledge-free (fresh LoRA)
+    trains: ClassVar[bool] = True  # False: no rounds, no communication (static merging)
+    evaluates_on_clients: ClassVar[bool] = False  # personalised methods: clients report eval loss
+    has_global_model: ClassVar[bool] = True  # False: no single model exists on the server
+
+    def __init__(self, base_model: nn.Module, pool: LoraPool, config: RunConfig):
+        self.config = config
+        self.pool = pool
+        self.model = self.build(base_model, pool, config)
+        self.model.eval()
+
+    # ------------------------------------------------------------------ construction
+    @abstractmethod
+    def build(self, base_model: nn.Module, pool: LoraPool, config: RunConfig) -> nn.Module:
+        """Wrap ``base_model``; the returned module's forward takes a batch and returns .loss."""
+
+    @property
+    def state_module(self) -> nn.Module:
+        """The module whose parameter names key every exchanged or saved tensor."""
+        return self.model
+
+    # ------------------------------------------------------------------ state
+    def is_communicated(self, name: str) -> bool:
+        """Whether trainable parameter ``name`` is averaged on the server (default: all are)."""
+        return True
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.state_module.named_parameters() if p.requires_grad}
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters().values())
+
+    def global_state(self) -> dict[str, torch.Tensor]:
+        """The tensors the server averages and sends each round (copies)."""
+        return {
+            n: p.detach().clone()
+            for n, p in self.trainable_parameters().items()
+            if self.is_communicated(n)
+        }
+
+    def local_state(self) -> dict[str, torch.Tensor]:
+        """Trained tensors that never leave the client (copies); empty for most methods."""
+        return {
+            n: p.detach().clone()
+            for n, p in self.trainable_parameters().items()
+            if not self.is_communicated(n)
+        }
+
+    def load_global_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._load(state, self.global_state().keys(), "global")
+
+    def load_local_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._load(state, self.local_state().keys(), "client-local")
+
+    def _load(self, state: Mapping[str, torch.Tensor], expected: Iterable[str], what: str) -> None:
+        expected = set(expected)
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ConfigError(
+                f"{self.name}: {what} state does not match this model: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]} (saved by another method, pool or config?)"
+            )
+        params = self.trainable_parameters()
+        with torch.no_grad():
+            for name in expected:
+                value, param = state[name], params[name]
+                if tuple(value.shape) != tuple(param.shape):
+                    raise ConfigError(
+                        f"{self.name}: '{name}' has shape {tuple(value.shape)}, this model "
+                        f"expects {tuple(param.shape)}"
+                    )
+                param.copy_(value.to(param.device, param.dtype))
+
+    # ------------------------------------------------------------------ rounds
+    def server_logic(self) -> ServerLogic:
+        return ServerLogic()
+
+    def apply_round_config(self, round_config: Mapping[str, Any]) -> None:
+        """Client (and server evaluation) side of :meth:`ServerLogic.round_config`."""
+        return None
+
+    def start_local_training(self) -> None:
+        """Called before a client's local steps (e.g. reset statistics)."""
+        return None
+
+    def finish_local_training(self) -> dict[str, Any]:
+        """Called after the local steps; returns extra metrics sent with the update."""
+        return {}
+
+    # ------------------------------------------------------------------ final model
+    @abstractmethod
+    def save_final(self, directory: Path) -> None:
+        """Write the trained model's own files into the (empty) folder ``directory``."""
+
+    @abstractmethod
+    def load_final(self, directory: Path) -> None:
+        """Load what :meth:`save_final` wrote into this freshly built method."""
+
+    def routing_usage(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict | None:
+        """Per matrix, the share of routing that goes to each pool module (routing methods)."""
+        return None
+
+    def describe_final(self) -> dict[str, Any]:
+        """A JSON summary of the trained state for summary.json (e.g. LoRAHub's weights)."""
+        return {}

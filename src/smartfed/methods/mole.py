@@ -1,0 +1,74 @@
+"""MoLE-style routing: per matrix, a router picks top-k whole pool modules per token.
+
+The module-wise counterpart of SmartFed's rank-wise experts, trained the same way (routers only,
+FedAvg). ``--mole_top_k`` modules are kept per token (default 2: with a two-module pool, a
+learned soft mix of both); gates are renormalised over the kept modules (output scale 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from smartfed.methods.base import FederatedMethod
+from smartfed.methods.registry import register_method
+from smartfed.pool import LoraPool
+from smartfed.tuners.mole import MoleConfig, MoleModel
+from smartfed.tuners.mole.common import load_state
+from smartfed.tuners.mole.model import MOLE_CONFIG_NAME, ROUTER_WEIGHTS_NAME
+
+if TYPE_CHECKING:
+    from smartfed.federation.config import RunConfig
+
+
+@register_method
+class Mole(FederatedMethod):
+    name = "mole"
+    summary = "module-wise routing: one gate per pool module per matrix, top-k modules"
+    reuses_pool = True
+
+    def build(self, base_model: nn.Module, pool: LoraPool, config: RunConfig) -> nn.Module:
+        return MoleModel(
+            base_model,
+            pool,
+            MoleConfig(top_k=config.mole_top_k, router_init_std=config.router_init_std),
+        )
+
+    @property
+    def state_module(self) -> nn.Module:
+        return self.model.model  # names as in MoleModel.router_state_dict
+
+    def save_final(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+    def load_final(self, directory: Path) -> None:
+        _, state = load_state(
+            directory,
+            weights_name=ROUTER_WEIGHTS_NAME,
+            config_name=MOLE_CONFIG_NAME,
+            pool=self.pool,
+            what="MoLE router",
+        )
+        self.model.load_router_state_dict(state)
+
+    @torch.no_grad()
+    def routing_usage(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict:
+        self.model.eval()
+        self.model.module_usage(reset=True)
+        self.model.track_usage(True)
+        try:
+            for batch in batches:
+                self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        finally:
+            self.model.track_usage(False)
+        usage = self.model.module_usage(reset=True)
+        return {matrix: _shares(rates) for matrix, rates in usage.selection_rate.items()}
+
+
+def _shares(values: dict[str, float]) -> dict[str, float]:
+    total = sum(values.values())
+    return {k: (v / total if total > 0 else 0.0) for k, v in values.items()}

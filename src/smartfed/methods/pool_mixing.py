@@ -1,0 +1,62 @@
+"""Knowledge-reuse baselines that combine whole pool modules: static merging and LoRAHub.
+
+``merge`` averages the pool modules' updates once, Σ_n (1/N) s_n B_n A_n, and never trains: the
+run evaluates it and writes its result with zero rounds and zero bytes. ``lorahub`` learns one
+weight per pool module federatedly (FedAvg of the N weights), merged exactly as
+Σ_n w_n s_n B_n A_n with no cross terms; see :mod:`smartfed.tuners.lorahub`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from smartfed.methods.base import FederatedMethod
+from smartfed.methods.registry import register_method
+from smartfed.pool import LoraPool
+from smartfed.tuners.lorahub import LoraHubConfig, LoraHubModel
+from smartfed.tuners.lorahub.model import LORAHUB_CONFIG_NAME, WEIGHTS_NAME
+from smartfed.tuners.mole.common import load_state
+
+if TYPE_CHECKING:
+    from smartfed.federation.config import RunConfig
+
+
+class _ModuleWeighting(FederatedMethod):
+    reuses_pool = True
+
+    def build(self, base_model: nn.Module, pool: LoraPool, config: RunConfig) -> nn.Module:
+        hub = LoraHubModel(base_model, pool, LoraHubConfig(init="uniform"))
+        hub.lorahub.weights.requires_grad = self.trains
+        return hub
+
+    def save_final(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+    def load_final(self, directory: Path) -> None:
+        _, state = load_state(
+            directory,
+            weights_name=WEIGHTS_NAME,
+            config_name=LORAHUB_CONFIG_NAME,
+            pool=self.pool,
+            what=f"{self.name} weights",
+        )
+        self.model.load_weights_state_dict(state)
+
+    def describe_final(self) -> dict[str, Any]:
+        return {"module_weights": self.model.module_weights()}
+
+
+@register_method
+class Merge(_ModuleWeighting):
+    name = "merge"
+    summary = "static average of the pool modules: no training, no communication"
+    trains = False
+
+
+@register_method
+class LoraHub(_ModuleWeighting):
+    name = "lorahub"
+    summary = "one weight per pool module, learned federatedly (Σ w_n B_n A_n)"

@@ -1,0 +1,174 @@
+"""Every registered method on the tiny model: what trains, what is frozen, what travels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from smartfed.federation.core import client_seed, train_local
+from smartfed.federation.runner import run_federated
+from smartfed.federation.runtime import Runtime
+from smartfed.methods import get_method, method_names
+
+# Substrings of the parameter names each method must send (and nothing else).
+PAYLOAD = {
+    "fedit": {"lora_A", "lora_B"},
+    "ffa_lora": {"lora_B"},
+    "fedsa_lora": {"lora_A"},
+    "lorahub": {"lorahub.weights"},
+    "mole": {"router"},
+    "smartfed": {"router"},
+    "merge": set(),
+}
+
+
+def _kind(name: str) -> str:
+    for kind in ("lora_A", "lora_B", "lorahub.weights", "router"):
+        if kind in name:
+            return kind
+    raise AssertionError(f"unexpected exchanged tensor {name}")
+
+
+def test_every_registered_method_is_covered():
+    assert set(method_names()) == set(PAYLOAD)
+
+
+def _all_tensors(method) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the method's model (base weights, pool experts, ...)."""
+    module = method.model
+    tensors = {f"p:{n}": p.detach().clone() for n, p in module.named_parameters()}
+    tensors.update({f"b:{n}": b.detach().clone() for n, b in module.named_buffers()})
+    return tensors
+
+
+@pytest.mark.parametrize("name", sorted(PAYLOAD))
+def test_method_trains_only_its_parameters_and_sends_its_payload(name, tiny_run_config):
+    runtime = Runtime(tiny_run_config(method=name))
+    method = runtime.method
+    assert method.name == name and get_method(name) is type(method)
+    sent = method.global_state()
+    assert {_kind(k) for k in sent} == PAYLOAD[name]
+    if not method.trains:
+        assert method.num_trainable_parameters() == 0 and not sent
+        return
+
+    before = _all_tensors(method)
+    trainable = {f"p:{n}" for n in method.trainable_parameters()}
+    # The wrapper's parameter names may carry a prefix; match by suffix.
+    trained_keys = {k for k in before if any(k.endswith(t[2:]) for t in trainable)}
+    assert trained_keys, "a training method must train something"
+    update = train_local(
+        method,
+        (runtime.client_batches(0, 1).next_batch() for _ in range(3)),
+        global_state=runtime.initial_global_state,
+        local_state=runtime.initial_local_state,
+        round_config=method.server_logic().round_config(),
+        local_steps=3,
+        learning_rate=5e-2,
+        num_examples=10,
+        seed=client_seed(0, 1, 0),
+    )
+    after = _all_tensors(method)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "nothing trained"
+    assert changed <= trained_keys, f"frozen tensors changed: {sorted(changed - trained_keys)[:3]}"
+    # The update carries exactly the communicated part, and it is what training produced.
+    assert set(update.global_state) == set(sent)
+    assert any(not torch.equal(update.global_state[k], sent[k]) for k in sent)
+    assert {_kind(k) for k in update.local_state} == ({"lora_B"} if name == "fedsa_lora" else set())
+
+
+def test_ffa_lora_keeps_a_at_the_seeded_init_everywhere(tiny_run_config):
+    """A is frozen and never sent, so every process must rebuild the very same A."""
+    first = Runtime(tiny_run_config(method="ffa_lora")).method
+    second = Runtime(tiny_run_config(method="ffa_lora")).method
+    a_first = {n: p for n, p in first.model.named_parameters() if "lora_A" in n}
+    a_second = dict(second.model.named_parameters())
+    assert a_first and all(not p.requires_grad for p in a_first.values())
+    for name, tensor in a_first.items():
+        torch.testing.assert_close(tensor, a_second[name], rtol=0, atol=0)
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["fedit", "ffa_lora", "fedsa_lora", "lorahub", "mole"])
+def test_method_runs_federated_with_its_payload_size(name, tiny_run_config):
+    config = tiny_run_config(method=name, num_rounds=2)
+    summary = run_federated(config)
+    run = Path(config.output_dir)
+    rows = _rows(run)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["eval_loss"] > 0 for r in rows)
+    assert summary["method"] == name
+    # Bytes up per round: 2 clients × the communicated float32 tensors (+ small metadata).
+    payload = summary["communicated_parameters"] * 4 * 2
+    assert payload <= rows[0]["bytes_up"] < payload + 20_000
+    if name == "fedsa_lora":
+        assert summary["final_dir"] is None and not (run / "final").exists()
+    else:
+        assert (run / "final").is_dir()
+
+
+def test_ffa_lora_sends_b_and_fedsa_lora_sends_a(tiny_run_config, tmp_path):
+    def run(method: str) -> dict:
+        out = str(tmp_path / method)
+        return run_federated(tiny_run_config(method=method, num_rounds=1, output_dir=out))
+
+    fedit, ffa, fedsa = run("fedit"), run("ffa_lora"), run("fedsa_lora")
+    lora = Runtime(tiny_run_config(method="fedit")).method.trainable_parameters()
+    a_numel = sum(p.numel() for n, p in lora.items() if "lora_A" in n)
+    b_numel = sum(p.numel() for n, p in lora.items() if "lora_B" in n)
+    assert fedit["communicated_parameters"] == a_numel + b_numel
+    assert ffa["communicated_parameters"] == ffa["trainable_parameters"] == b_numel
+    assert fedsa["communicated_parameters"] == a_numel
+    assert fedsa["trainable_parameters"] == a_numel + b_numel
+    assert ffa["bytes_up"] < fedit["bytes_up"] and fedsa["bytes_up"] < fedit["bytes_up"]
+
+
+def test_fedsa_lora_clients_keep_their_own_b(tiny_run_config):
+    from smartfed.federation import client_app
+    from smartfed.federation.inprocess import InProcessGrid
+    from smartfed.federation.server_app import run_server
+    from smartfed.federation.settings import to_run_config
+
+    config = tiny_run_config(method="fedsa_lora", num_clients=2, sample_clients=2, num_rounds=2)
+    grid = InProcessGrid(client_app.app, config.num_clients, to_run_config(config))
+    run_server(grid, config)
+    kept = [
+        ctx.state[client_app.LOCAL_STATE_KEY].to_torch_state_dict()
+        for ctx in grid.contexts.values()
+    ]
+    assert all(kept) and all(all("lora_B" in k for k in state) for state in kept)
+    # Each client's B is its own: trained on its own data, never averaged.
+    first = next(iter(kept[0]))
+    assert not torch.equal(kept[0][first], kept[1][first])
+    assert kept[0][first].abs().sum() > 0
+
+
+def test_merge_has_no_rounds_and_no_traffic(tiny_run_config):
+    config = tiny_run_config(method="merge")
+    summary = run_federated(config)
+    run = Path(config.output_dir)
+    assert not (run / "metrics.jsonl").read_text().strip()
+    assert summary["rounds"] == 0 and summary["bytes_up"] == 0 and summary["bytes_down"] == 0
+    assert summary["final_eval"]["eval_loss"] == summary["initial_eval"]["eval_loss"]
+    assert summary["final_state"]["module_weights"] == {"pa": 0.5, "pb": 0.5}
+
+
+def test_smartfed_ablations(tiny_run_config, tmp_path):
+    dense = run_federated(
+        tiny_run_config(dense=True, num_rounds=2, output_dir=str(tmp_path / "dense"))
+    )
+    rows = _rows(tmp_path / "dense")
+    assert all(r["quotas"] == [8] * 4 for r in rows)  # K = M = 4 + 4 experts, EEQA off
+    assert dense["final_state"]["quotas"] == [8] * 4
+    for scale in ("one", "learnable"):
+        summary = run_federated(
+            tiny_run_config(output_scale=scale, num_rounds=1, output_dir=str(tmp_path / scale))
+        )
+        assert summary["final_eval"]["eval_loss"] > 0
