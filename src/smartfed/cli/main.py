@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from smartfed import __version__
-from smartfed.cli import eval_command, pool_commands, run_command
+from smartfed.cli import bench_commands, eval_command, pool_commands, run_command
 from smartfed.errors import SmartFedError
 
-COMMAND_MODULES = [pool_commands, run_command, eval_command]
+COMMAND_MODULES = [pool_commands, run_command, eval_command, bench_commands]
 
 
 class _CurrentStderr(logging.StreamHandler):

@@ -55,6 +55,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "lora_alpha": (float, "alpha of a fresh LoRA; default: the pool's"),
     "lora_targets": (str, "comma-separated target modules of a fresh LoRA; default: the pool's"),
     "mole_top_k": (int, "MoLE: pool modules kept per token and matrix"),
+    "train_fraction": (float, "keep this seeded share of every client's data (data efficiency)"),
 }
 
 
@@ -101,9 +102,8 @@ def config_from_args(args: argparse.Namespace):
     return resolve_config(preset=args.preset, config_file=args.config, overrides=overrides)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    # Fail on bad names and missing data before any model is loaded.
+def check_inputs(config) -> None:
+    """Fail on bad task, data or pool names before any model is loaded."""
     from smartfed.data import load_examples
     from smartfed.data.tasks import get_task
     from smartfed.pool import PoolRegistry, resolve_pool_item
@@ -122,6 +122,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         logging.disable(logging.NOTSET)
 
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    check_inputs(config)
     from smartfed.federation.runner import run_federated
 
     summary = run_federated(config)

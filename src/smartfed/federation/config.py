@@ -55,6 +55,7 @@ class RunConfig:
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
     partition_field: str | None = None
+    train_fraction: float = 1.0  # keep this seeded share of every client's partition
     eval_every: int = 1
     eval_samples: int = 64
     eval_batch_size: int = 8
@@ -112,6 +113,8 @@ class RunConfig:
                 f"--engine must be one of {', '.join(ENGINES)} (deployment runs through "
                 f"`flwr run`, see the README), got {self.engine!r}"
             )
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"--train_fraction must be in (0, 1], got {self.train_fraction!r}")
         if self.metric_samples < 0:
             raise ConfigError("--metric_samples must be >= 0 (0: no final task metric)")
         if self.mole_top_k < 1:

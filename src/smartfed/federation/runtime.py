@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+
 from smartfed.data import BatchStream, encode_example, load_examples, partition_examples
 from smartfed.data.formatting import collate
 from smartfed.data.tasks import get_task
@@ -28,7 +30,8 @@ _RUNTIME_KEYS = (
     "method", "dense", "lora_rank", "lora_alpha", "lora_targets", "mole_top_k",
     "model_name_or_path", "lora_pool", "pool_manifest", "task", "data_dir", "num_clients",
     "max_seq_len", "topk_experts", "k_min", "output_scale", "importance_score",
-    "router_init_std", "partition", "dirichlet_alpha", "partition_field", "eval_samples", "seed",
+    "router_init_std", "partition", "dirichlet_alpha", "partition_field", "train_fraction",
+    "eval_samples", "seed",
 )  # fmt: skip
 _CACHE: dict[str, Runtime] = {}
 
@@ -63,6 +66,8 @@ class Runtime:
             alpha=config.dirichlet_alpha,
             field=self.partition_field,
         )
+        if config.train_fraction < 1:
+            self.partitions = _subsample(self.partitions, config.train_fraction, config.seed)
         self._encoded: dict[int, list] = {}
 
     def encoded_partition(self, partition_id: int) -> list:
@@ -98,6 +103,16 @@ class Runtime:
         size = self.config.eval_batch_size
         pad = self.tokenizer.pad_token_id
         return [collate(encoded[i : i + size], pad) for i in range(0, len(encoded), size)]
+
+
+def _subsample(partitions: list[list[int]], fraction: float, seed: int) -> list[list[int]]:
+    """Data-efficiency runs: the same clients, each keeping a seeded share of its examples."""
+    rng = np.random.default_rng([seed, 0xDA7A])
+    kept = []
+    for part in partitions:
+        size = max(1, round(len(part) * fraction)) if part else 0
+        kept.append(sorted(int(i) for i in rng.choice(part, size, replace=False)) if size else [])
+    return kept
 
 
 def get_runtime(config: RunConfig) -> Runtime:

@@ -1,0 +1,115 @@
+"""``smartfed bench`` (methods side by side on one task), ``smartfed report`` (plots + page)
+and ``smartfed methods`` (what --method and --methods accept)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from smartfed.cli.run_command import _SWITCHES, add_run_arguments, check_inputs, config_from_args
+from smartfed.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="run several methods on one task with identical settings, then tabulate and plot",
+        description="Every method gets the same task, data, partition, seed, rounds and "
+        "evaluation; each runs into BENCH_DIR/<method>/ and a rerun skips finished methods and "
+        "resumes an interrupted one. Shared settings are the `smartfed run` flags.",
+    )
+    bench.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods and ablations (default: all; see `smartfed methods`)",
+    )
+    bench.add_argument(
+        "--data_fraction",
+        type=float,
+        default=None,
+        help="data-efficiency mode: also run SmartFed on this share of every client's data",
+    )
+    bench.add_argument("--no_report", action="store_true", help="skip the plots and report.md")
+    add_run_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    report = subparsers.add_parser("report", help="plots and a markdown page for a run or bench")
+    report.add_argument("folder", metavar="RUN_DIR|BENCH_DIR")
+    report.add_argument("--output", metavar="DIR", help="where to write (default: the folder)")
+    report.set_defaults(func=cmd_report)
+
+    methods = subparsers.add_parser("methods", help="list the methods and bench ablations")
+    methods.set_defaults(func=cmd_methods)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from smartfed.bench.runner import run_bench
+    from smartfed.bench.variants import DEFAULT_METHODS, resolve_entries
+
+    if args.resume:
+        raise ConfigError("smartfed bench resumes by itself: rerun the same command instead")
+    if args.method:
+        raise ConfigError("smartfed bench takes --methods (a list), not --method")
+    names = [m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",")]
+    entries = resolve_entries([n for n in names if n], args.data_fraction)
+    if args.output_dir is None:
+        args.output_dir = f"runs/bench_{args.task or (args.preset or 'default')}"
+    base = config_from_args(args)
+    check_inputs(base)
+    command = "smartfed " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    results = run_bench(base, entries, base.output_dir, command or _rebuild(args))
+    if not args.no_report:
+        from smartfed.report import write_report
+
+        page = write_report(base.output_dir)
+        print(f"report: {page}")
+    print(f"results: {base.output_dir}/results.md")
+    best = min(
+        (r for r in results["methods"].values() if r["final_eval_loss"] is not None),
+        key=lambda r: r["final_eval_loss"],
+        default=None,
+    )
+    if best:
+        print(f"lowest final eval loss: {best['method']} ({best['final_eval_loss']:.4f})")
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> str:
+    """The bench command line from parsed arguments (when not called from the shell)."""
+    parts = ["smartfed", "bench"]
+    for key in ("methods", "data_fraction", "preset", "config"):
+        if getattr(args, key, None) is not None:
+            parts += [f"--{key}", str(getattr(args, key))]
+    from smartfed.cli.run_command import _FLAGS
+
+    for key in (*_FLAGS, *_SWITCHES):
+        value = getattr(args, key, None)
+        if value is None or key == "method":
+            continue
+        if isinstance(value, bool):
+            parts.append(f"--{key}" if value else f"--no-{key}")
+        else:
+            parts += [f"--{key}", str(value)]
+    return shlex.join(parts)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from smartfed.report import write_report
+
+    page = write_report(args.folder, args.output)
+    print(f"report: {page}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from smartfed.bench.variants import ABLATIONS
+    from smartfed.methods import get_method, method_names
+
+    for name in method_names():
+        cls = get_method(name)
+        kind = "reuse" if cls.reuses_pool else "fresh"
+        print(f"{name:18s} [{kind}] {cls.summary}")
+    for label, entry in ABLATIONS.items():
+        print(f"{label:18s} [bench] {entry.description} ({entry.method} {entry.overrides})")
+    return 0

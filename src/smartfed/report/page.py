@@ -1,0 +1,107 @@
+"""``smartfed report``: the plots and a markdown page for a run directory or a bench folder.
+
+A bench folder (it has bench.json) gets: eval loss vs round and vs cumulative bytes for all
+entries, EEQA quotas of the SmartFed entry, expert usage of the routing entries, partition
+sizes, and the results table. A single run directory gets the same for itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from smartfed.bench.results import read_run, results_markdown
+from smartfed.errors import ConfigError
+from smartfed.report import plots
+from smartfed.utils.io import write_text_atomic
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _finished_runs(folder: Path, labels: list[str]) -> dict[str, dict[str, Any]]:
+    runs = {}
+    for label in labels:
+        run_dir = folder / label
+        if (run_dir / "summary.json").is_file():
+            runs[label] = read_run(run_dir)
+    return runs
+
+
+def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
+    """Write PNGs and report.md into ``output`` (default: ``folder``); return the page path."""
+    folder = Path(folder)
+    out = Path(output) if output else folder
+    out.mkdir(parents=True, exist_ok=True)
+    bench = _read_json(folder / "bench.json")
+    if bench is not None:
+        runs = _finished_runs(folder, [e["label"] for e in bench["entries"]])
+        title = bench["settings"].get("task", "")
+    elif (folder / "summary.json").is_file():
+        runs = {folder.name: read_run(folder)}
+        title = (_read_json(folder / "config.json") or {}).get("task", "")
+        folder = folder.parent  # run directories are looked up as folder / label below
+    else:
+        raise ConfigError(
+            f"{folder}: neither a bench folder (bench.json) nor a finished run directory "
+            "(summary.json)"
+        )
+    if not runs:
+        raise ConfigError(f"{folder}: no finished runs to report yet")
+
+    lines = [f"# SmartFed report: {title}", ""]
+    images = [
+        ("Eval loss per round", plots.loss_vs_round(runs, out / "loss_vs_round.png", title)),
+        (
+            "Eval loss vs cumulative communication",
+            plots.loss_vs_bytes(runs, out / "loss_vs_bytes.png", title),
+        ),
+    ]
+    # A bench shows SmartFed's quotas and the routing of SmartFed and MoLE; a run shows its own.
+    single = bench is None
+    for label, run in runs.items():
+        run_dir = folder / label
+        if any(r.get("quotas") for r in run["rows"]) and (single or label == "smartfed"):
+            heatmap = plots.quota_heatmap(
+                run, _matrices(run_dir), out / f"quotas_{label}.png", f"{label}: K per matrix"
+            )
+            images.append((f"EEQA quotas per matrix over rounds ({label})", heatmap))
+        usage = _read_json(run_dir / "usage.json")
+        if usage and (single or label in ("smartfed", "mole")):
+            chart = plots.expert_usage(
+                usage["matrices"], out / f"usage_{label}.png", f"{label}: routing share"
+            )
+            images.append((f"Expert usage per matrix ({label})", chart))
+    first = next(iter(runs))
+    partitions = _read_json(folder / first / "partitions.json")
+    if partitions:
+        images.append(
+            (
+                "Per-client partition sizes",
+                plots.partition_sizes(partitions, out / "partitions.png", title),
+            )
+        )
+    for caption, path in images:
+        lines += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
+    results = _read_json(folder / "results.json") if bench is not None else None
+    if results:
+        lines += [results_markdown(results).split("\n", 2)[2]]
+    else:
+        for label, run in runs.items():
+            lines += [f"## Summary ({label})", "", "```json", json.dumps(run["summary"], indent=1)]
+            lines += ["```", ""]
+    page = out / "report.md"
+    write_text_atomic(page, "\n".join(lines))
+    return page
+
+
+def _matrices(run_dir: Path) -> list[str] | None:
+    saved = _read_json(run_dir / "final" / "more_config.json")
+    return saved.get("matrices") if saved else None
