@@ -64,7 +64,7 @@ def test_smoke_bench_runs_every_method_with_table_and_plots(tiny_run_config, tmp
 
     # A rerun resumes: finished methods are skipped, nothing is retrained.
     capsys.readouterr()
-    assert main(argv + ["--data_fraction", "0.5"]) == 0
+    assert main([*argv, "--data_fraction", "0.5"]) == 0
     assert capsys.readouterr().out.count("done, skipped") == len(labels)
     # Other shared settings in the same folder are refused in one line.
     assert main([*argv, "--seed", "3"]) == 1
