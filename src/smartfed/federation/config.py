@@ -154,18 +154,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         output_dir="runs/smoke",
     ),
     # The seed's composition (Chinese math from a Chinese-chat and an English-math module),
-    # sized for a few minutes on 2 CPU cores with the committed pool modules and bundled data.
+    # sized for a few minutes on 2 CPU cores with the committed pool modules and bundled data,
+    # and small enough that `smartfed bench --preset demo` can run every method.
     "demo": dict(
         task="cn_math",
         lora_pool="cn_chat,en_math",
         num_clients=8,
         sample_clients=2,
-        num_rounds=6,
-        local_steps=5,
+        num_rounds=4,
+        local_steps=4,
         batch_size=4,
         max_seq_len=256,
         topk_experts=8,
-        eval_samples=32,
+        eval_samples=16,
         output_dir="runs/demo",
     ),
     # The paper's protocol (DESIGN §1.5), for GPU users.
