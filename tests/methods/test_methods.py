@@ -172,3 +172,31 @@ def test_smartfed_ablations(tiny_run_config, tmp_path):
             tiny_run_config(output_scale=scale, num_rounds=1, output_dir=str(tmp_path / scale))
         )
         assert summary["final_eval"]["eval_loss"] > 0
+
+
+@pytest.mark.parametrize("name", ["fedit", "ffa_lora", "lorahub", "mole", "smartfed", "merge"])
+def test_eval_reloads_the_final_model_of_every_method(name, tiny_run_config):
+    """`smartfed eval --run DIR` rebuilds the trained model: same logits as the run's own."""
+    from smartfed.evaluation.harness import load_eval_target
+    from smartfed.federation.runtime import get_runtime
+
+    config = tiny_run_config(method=name, num_rounds=1)
+    run_federated(config)
+    trained = get_runtime(config).method.model  # the run's model, final state loaded
+    batch = get_runtime(config).eval_batches[0]
+    target = load_eval_target(run_dir=config.output_dir)
+    assert target.description["method"] == name
+    with torch.no_grad():
+        expected = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        got = target.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_of_a_fedsa_run_says_there_is_no_global_model(tiny_run_config):
+    from smartfed.errors import ConfigError
+    from smartfed.evaluation.harness import load_eval_target
+
+    config = tiny_run_config(method="fedsa_lora", num_rounds=1)
+    run_federated(config)
+    with pytest.raises(ConfigError, match="no global model"):
+        load_eval_target(run_dir=config.output_dir)

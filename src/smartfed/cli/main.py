@@ -40,8 +40,6 @@ def _quiet_third_party() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    # SmartFed prints one line per round itself; Flower's strategy log repeats it at length.
-    logging.getLogger("flwr").setLevel(logging.WARNING)
     if not sys.stderr.isatty():  # progress bars are for people; logs and pipes get plain lines
         hf_logging.disable_progress_bar()
 

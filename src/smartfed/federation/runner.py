@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from typing import Any
 
@@ -17,9 +18,17 @@ from smartfed.federation.settings import CONFIG_ENV, to_run_config
 
 
 def quiet_flower() -> None:
-    """No telemetry, no update checks (must be set before Flower reads them)."""
+    """No telemetry, no update checks, and no per-round INFO log from Flower's strategy.
+
+    SmartFed prints one line per round itself. Importing Flower sets its logger to DEBUG, so the
+    level is lowered here, after that import; warnings still show, once (no propagation to the
+    root handler, which would print them a second time).
+    """
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    flower = logging.getLogger("flwr")
+    flower.setLevel(logging.WARNING)
+    flower.propagate = False
 
 
 def run_federated(
