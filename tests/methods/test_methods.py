@@ -65,7 +65,7 @@ def test_method_trains_only_its_parameters_and_sends_its_payload(name, tiny_run_
         (runtime.client_batches(0, 1).next_batch() for _ in range(3)),
         global_state=runtime.initial_global_state,
         local_state=runtime.initial_local_state,
-        round_config=method.server_logic().round_config(),
+        round_config=method.server_logic(runtime.config).round_config(),
         local_steps=3,
         learning_rate=5e-2,
         num_examples=10,
@@ -200,3 +200,28 @@ def test_eval_of_a_fedsa_run_says_there_is_no_global_model(tiny_run_config):
     run_federated(config)
     with pytest.raises(ConfigError, match="no global model"):
         load_eval_target(run_dir=config.output_dir)
+
+
+def test_lorahub_trains_at_its_own_learning_rate(tiny_run_config, tmp_path):
+    """LoRAHub's clients use --lorahub_learning_rate; --learning_rate does not touch it."""
+
+    def weights(**overrides) -> dict:
+        out = str(tmp_path / "_".join(f"{k}{v}" for k, v in overrides.items()))
+        config = tiny_run_config(method="lorahub", num_rounds=1, output_dir=out, **overrides)
+        return run_federated(config)["final_state"]["module_weights"]
+
+    slow = weights(lorahub_learning_rate=1e-4)
+    fast = weights(lorahub_learning_rate=1e-1)
+    moved = lambda w: max(abs(v - 0.5) for v in w.values())  # noqa: E731  (start: 1/N = 0.5)
+    assert moved(fast) > 10 * moved(slow) > 0
+    assert weights(lorahub_learning_rate=1e-1, learning_rate=1e-6) == fast
+
+
+def test_server_settings_follow_the_run_not_the_cached_model(tiny_run_config, tmp_path):
+    """One process, two runs sharing a runtime (a bench): the second's EEQA switch holds."""
+    eeqa = tiny_run_config(num_rounds=3, output_dir=str(tmp_path / "eeqa"))
+    uniform = tiny_run_config(num_rounds=3, enable_eeqa=False, output_dir=str(tmp_path / "uni"))
+    run_federated(eeqa)
+    run_federated(uniform)
+    assert {json.dumps(r["quotas"]) for r in _rows(tmp_path / "uni")} == {json.dumps([3] * 4)}
+    assert any(r["quotas"] != [3] * 4 for r in _rows(tmp_path / "eeqa"))

@@ -51,6 +51,8 @@ class RunConfig:
     lora_alpha: float | None = None
     lora_targets: str | None = None
     mole_top_k: int = 2
+    # LoRAHub's N module weights are O(1) scalars: at the routers' 5e-4 they would barely move
+    lorahub_learning_rate: float = 5e-2
     # data split and evaluation
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
@@ -94,8 +96,9 @@ class RunConfig:
             )
         if self.k_min > self.topk_experts:
             raise ConfigError(f"--k_min ({self.k_min}) must not exceed --topk_experts")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate!r}")
+        for name in ("learning_rate", "lorahub_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_beta < 1:
             raise ConfigError(f"--ema_beta must be in [0, 1), got {self.ema_beta!r}")
         if self.eeqa_warmup_rounds < 0:

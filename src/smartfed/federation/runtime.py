@@ -25,13 +25,11 @@ from smartfed.pool import PoolRegistry, load_pool
 
 log = logging.getLogger(__name__)
 
-# Settings that change what a runtime holds; others (rounds, output dir, ...) do not.
-_RUNTIME_KEYS = (
-    "method", "dense", "lora_rank", "lora_alpha", "lora_targets", "mole_top_k",
-    "model_name_or_path", "lora_pool", "pool_manifest", "task", "data_dir", "num_clients",
-    "max_seq_len", "topk_experts", "k_min", "output_scale", "importance_score",
-    "router_init_std", "partition", "dirichlet_alpha", "partition_field", "train_fraction",
-    "eval_samples", "seed",
+# Settings that cannot change what a runtime holds (model, pool, data, batches). Every other
+# setting keys the cache, so a new setting is safe by default: at worst a needless rebuild.
+_NOT_RUNTIME_KEYS = frozenset(
+    {"num_rounds", "output_dir", "resume", "preset", "engine", "energy_country", "eval_every",
+     "metric_samples"}
 )  # fmt: skip
 _CACHE: dict[str, Runtime] = {}
 
@@ -116,7 +114,8 @@ def _subsample(partitions: list[list[int]], fraction: float, seed: int) -> list[
 
 
 def get_runtime(config: RunConfig) -> Runtime:
-    key = json.dumps({k: getattr(config, k) for k in _RUNTIME_KEYS}, sort_keys=True)
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_RUNTIME_KEYS}
+    key = json.dumps(settings, sort_keys=True)
     if key not in _CACHE:
         _CACHE.clear()  # one runtime per process: models are large
         _CACHE[key] = Runtime(config)

@@ -68,7 +68,7 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
     run_dir.write_metrics(metrics_rows)
     totals = dict(state.totals) if state else {}
     global_state = state.global_state if state else runtime.initial_global_state
-    logic = method.server_logic()
+    logic = method.server_logic(config)
     if state:
         logic.load_state_dict(state.server_logic)
     strategy = SmartFedStrategy(

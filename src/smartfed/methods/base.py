@@ -70,6 +70,9 @@ class FederatedMethod(ABC):
     trains: ClassVar[bool] = True  # False: no rounds, no communication (static merging)
     evaluates_on_clients: ClassVar[bool] = False  # personalised methods: clients report eval loss
     has_global_model: ClassVar[bool] = True  # False: no single model exists on the server
+    # The RunConfig field holding the clients' AdamW learning rate. Read from the round's
+    # config, not self.config: a cached runtime may have been built under another run's rate.
+    learning_rate_setting: ClassVar[str] = "learning_rate"
 
     def __init__(self, base_model: nn.Module, pool: LoraPool, config: RunConfig):
         self.config = config
@@ -140,7 +143,10 @@ class FederatedMethod(ABC):
                 param.copy_(value.to(param.device, param.dtype))
 
     # ------------------------------------------------------------------ rounds
-    def server_logic(self) -> ServerLogic:
+    def server_logic(self, config: RunConfig) -> ServerLogic:
+        """The server's part of this run. ``config`` is the run's own: ``self.config`` is the
+        one the (cached, shared) model was built under, which may differ in server settings
+        such as EEQA on/off."""
         return ServerLogic()
 
     def apply_round_config(self, round_config: Mapping[str, Any]) -> None:

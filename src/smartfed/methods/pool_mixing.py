@@ -60,3 +60,6 @@ class Merge(_ModuleWeighting):
 class LoraHub(_ModuleWeighting):
     name = "lorahub"
     summary = "one weight per pool module, learned federatedly (Σ w_n B_n A_n)"
+    # N scalars of order 1 (the paper searches [-1.5, 1.5]); the routers' rate would leave them
+    # within 1 % of their start over a demo run.
+    learning_rate_setting = "lorahub_learning_rate"

@@ -122,8 +122,8 @@ class SmartFed(FederatedMethod):
     def state_module(self) -> nn.Module:
         return self.model.model  # names as in MoreModel.router_state_dict
 
-    def server_logic(self) -> QuotaLogic:
-        return QuotaLogic(self.model.capacities, self.config, self.top_k)
+    def server_logic(self, config: RunConfig) -> QuotaLogic:
+        return QuotaLogic(self.model.capacities, config, self.top_k)
 
     def apply_round_config(self, round_config: Mapping[str, Any]) -> None:
         self.model.set_quotas(np.asarray(list(round_config["quotas"])))
