@@ -42,6 +42,14 @@ def test_smoke_bench_runs_every_method_with_table_and_plots(tiny_run_config, tmp
     assert methods["merge"]["bytes_up"] == 0 and methods["merge"]["trainable_params"] == 0
     assert methods["ffa_lora"]["bytes_up"] < methods["fedit"]["bytes_up"]
     assert methods["smartfed"]["comm_ratio_vs_fedit"] > 0
+
+    # Each ablation ran with its own setting, not the cached settings of the entry before it.
+    def quotas(label: str) -> set[str]:
+        rows = (out / label / "metrics.jsonl").read_text().splitlines()
+        return {json.dumps(json.loads(row)["quotas"]) for row in rows}
+
+    assert quotas("smartfed_uniform") == {json.dumps([4] * 4)}  # smoke K = 4, EEQA off
+    assert quotas("smartfed_dense") == {json.dumps([8] * 4)}  # K = M = 4 + 4 experts
     # Every entry shares the task, data split and seed; only the method settings differ.
     partitions = {
         label: json.loads((out / label / "partitions.json").read_text())

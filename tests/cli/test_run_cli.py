@@ -48,8 +48,13 @@ def test_toml_config_with_unknown_key(capsys, tmp_path):
     assert code == 1 and "unknown setting 'num_round'" in err and str(config) in err
 
 
-def test_resume_refuses_other_settings(capsys, tmp_path):
-    code, _, err = _run(capsys, "--resume", str(tmp_path), "--num_rounds", "3")
+@pytest.mark.parametrize(
+    "setting",
+    [["--num_rounds", "3"], ["--no-enable_eeqa"], ["--no-dense"], ["--eval_samples", "0"]],
+)
+def test_resume_refuses_other_settings(setting, capsys, tmp_path):
+    """Also false-y ones: a dropped --no-enable_eeqa would silently run another experiment."""
+    code, _, err = _run(capsys, "--resume", str(tmp_path), *setting)
     assert code == 1 and "do not combine" in err
 
 

@@ -176,3 +176,20 @@ def test_round_fails_clearly_when_too_few_replies_remain(tiny_run_config):
     config = tiny_run_config(num_clients=3, sample_clients=3, num_rounds=1, min_replies=2)
     with pytest.raises(RoundFailed, match=r"1 usable client replies of 3 sampled, need at least 2"):
         run_federated(config, client_app=_FaultyClients().app)
+
+
+def test_unmeasured_energy_is_reported_as_unknown_not_zero(tiny_run_config, monkeypatch):
+    from smartfed.telemetry import EnergyMeter
+
+    real_stop = EnergyMeter.stop
+
+    def failed_stop(self):  # stop CodeCarbon's threads for real, then report no reading
+        real_stop(self)
+        return None
+
+    monkeypatch.setattr(EnergyMeter, "cumulative_kwh", lambda self: None)
+    monkeypatch.setattr(EnergyMeter, "stop", failed_stop)
+    config = tiny_run_config(num_rounds=2)
+    summary = run_federated(config)
+    assert [r["energy_kwh"] for r in _rows(Path(config.output_dir))] == [None, None]
+    assert summary["energy_kwh"] is None

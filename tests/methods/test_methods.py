@@ -225,3 +225,89 @@ def test_server_settings_follow_the_run_not_the_cached_model(tiny_run_config, tm
     run_federated(uniform)
     assert {json.dumps(r["quotas"]) for r in _rows(tmp_path / "uni")} == {json.dumps([3] * 4)}
     assert any(r["quotas"] != [3] * 4 for r in _rows(tmp_path / "eeqa"))
+
+
+@pytest.mark.parametrize("overrides", [{"method": "mole"}, {"method": "smartfed", "dense": True}])
+def test_routing_usage_is_gate_mass_not_selection_counts(overrides, tiny_run_config):
+    """MoLE with top_k = N and dense SmartFed select everything on every token; the usage chart
+    must still show what the routers learned, not a constant split."""
+    config = tiny_run_config(num_rounds=1, **overrides)
+    run_federated(config)
+    usage = json.loads((Path(config.output_dir) / "usage.json").read_text())["matrices"]
+    for shares in usage.values():
+        assert set(shares) == {"pa", "pb"}
+        assert sum(shares.values()) == pytest.approx(1.0)
+    assert any(abs(shares["pa"] - 0.5) > 1e-4 for shares in usage.values())
+
+
+def test_fedsa_lora_evaluates_averaged_a_with_each_clients_own_b(tiny_run_config):
+    """The paper's personalised protocol, through Flower's evaluate round, on eval rounds only."""
+    from smartfed.federation import client_app
+    from smartfed.federation.core import evaluate_loss, loss_metrics
+    from smartfed.federation.inprocess import InProcessGrid
+    from smartfed.federation.runtime import get_runtime
+    from smartfed.federation.server_app import run_server
+    from smartfed.federation.settings import to_run_config
+
+    config = tiny_run_config(
+        method="fedsa_lora", num_clients=2, sample_clients=2, num_rounds=3, eval_every=2
+    )
+    grid = InProcessGrid(client_app.app, config.num_clients, to_run_config(config))
+    run_server(grid, config)
+    rows = _rows(Path(config.output_dir))
+    assert ["eval_loss" in r for r in rows] == [False, True, True]
+    assert [r.get("bytes_eval", 0) > 0 for r in rows] == [False, True, True]
+
+    method = get_runtime(config).method
+    averaged_a = method.global_state()  # the server loaded the final global state
+    loss_sum, tokens = 0.0, 0
+    for context in grid.contexts.values():
+        method.load_global_state(averaged_a)
+        method.load_local_state(context.state[client_app.LOCAL_STATE_KEY].to_torch_state_dict())
+        result = evaluate_loss(method.model, get_runtime(config).eval_batches)
+        loss_sum, tokens = loss_sum + result["eval_loss_sum"], tokens + result["eval_tokens"]
+    assert rows[-1]["eval_loss"] == pytest.approx(loss_metrics(loss_sum, tokens)["eval_loss"])
+
+
+def test_fresh_lora_adapts_every_matrix_the_pool_adapts(tiny_run_config, make_adapter):
+    from smartfed.methods.fresh_lora import fresh_lora_config
+    from smartfed.pool import load_pool
+
+    first = make_adapter("qv", targets=("q_proj", "v_proj"), use_rslora=True)
+    second = make_adapter("kv", targets=("k_proj", "v_proj"))
+    config = tiny_run_config(method="fedit", lora_pool=f"{first},{second}")
+    lora = fresh_lora_config(load_pool(config.pool_items), config)
+    assert sorted(lora.target_modules) == ["k_proj", "q_proj", "v_proj"]
+    assert lora.use_rslora  # the first module's scaling convention
+
+
+def test_a_partial_saved_adapter_is_refused(tiny_run_config, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from smartfed.errors import ConfigError
+
+    config = tiny_run_config(method="fedit", num_rounds=1)
+    run_federated(config)
+    final = Path(config.output_dir) / "final"
+    weights = load_file(final / "adapter_model.safetensors")
+    dropped = next(k for k in weights if "lora_B" in k)
+    kept = {k: v for k, v in weights.items() if k != dropped}
+    save_file(kept, final / "adapter_model.safetensors")
+    method = Runtime(config).method
+    with pytest.raises(ConfigError, match="missing"):
+        method.load_final(final)
+
+
+def test_k_min_above_a_matrix_capacity_fails_before_any_round(tiny_run_config):
+    from smartfed.errors import ConfigError
+
+    config = tiny_run_config(topk_experts=10, k_min=9)  # every matrix has 4 + 4 experts
+    with pytest.raises(ConfigError, match="--k_min \\(9\\) exceeds the smallest"):
+        run_federated(config)
+    assert not (Path(config.output_dir) / "metrics.jsonl").read_text().strip()  # no round ran
+
+
+def test_negative_importance_is_a_dropped_reply_not_a_crashed_round(tiny_run_config):
+    logic = Runtime(tiny_run_config()).method.server_logic(tiny_run_config())
+    assert logic.check_reply({"importance": [0.1, 0.2, 0.3, 0.4]}) is None
+    assert "negative" in logic.check_reply({"importance": [0.1, -1e-9, 0.3, 0.4]})

@@ -142,7 +142,7 @@ def results_markdown(results: dict[str, Any]) -> str:
                     _mib(r["bytes_up"]),
                     _mib(r["bytes_down"]),
                     _fmt(r["comm_ratio_vs_fedit"], ".4f"),
-                    _fmt(r["rounds_to_fedit_loss"], "d", "never"),
+                    _fmt(r["rounds_to_fedit_loss"], "d", "never" if results["reference"] else "–"),
                     _fmt(r["step_time_s"], ".2f"),
                     _fmt(r["step_time_ratio_vs_fedit"], ".2f"),
                     _fmt(r["energy_kwh"], ".5f"),

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from smartfed import __version__
@@ -40,6 +41,10 @@ def _quiet_third_party() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    # PEFT reads transformers' deprecated alias; users cannot act on it.
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     if not sys.stderr.isatty():  # progress bars are for people; logs and pipes get plain lines
         hf_logging.disable_progress_bar()
 

@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     if args.resume:
-        given = [n for n in (*_FLAGS, *_SWITCHES) if getattr(args, n)]
+        given = [n for n in (*_FLAGS, *_SWITCHES) if getattr(args, n) is not None]
         if args.preset or args.config or given:
             raise ConfigError(
                 "--resume DIR continues a run with its saved config.json; do not combine it "

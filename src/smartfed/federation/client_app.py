@@ -48,10 +48,24 @@ def train(msg: Message, context: Context) -> Message:
         "step-time-s": update.step_time_s,
         **update.metrics,
     }
-    if method.evaluates_on_clients and config.eval_samples:
-        # Personalised evaluation (FedSA-LoRA): this client's own model on the held-out set.
-        result = evaluate_loss(method.model, runtime.eval_batches)
-        metrics["eval-loss-sum"] = result.get("eval_loss_sum", 0.0)
-        metrics["eval-tokens"] = result.get("eval_tokens", 0)
     arrays = ArrayRecord(update.global_state)
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Personalised evaluation (FedSA-LoRA): the new global state with this client's own local
+    state, on the held-out set. Only sent to methods that evaluate on clients."""
+    config = from_run_config(context.run_config, context.node_config)
+    runtime = get_runtime(config)
+    method = runtime.method
+    kept = context.state.get(LOCAL_STATE_KEY)
+    method.load_global_state(msg.content["arrays"].to_torch_state_dict())
+    method.load_local_state(kept.to_torch_state_dict() if kept else runtime.initial_local_state)
+    method.apply_round_config(dict(msg.content["config"]))
+    result = evaluate_loss(method.model, runtime.eval_batches)
+    metrics = {
+        "eval-loss-sum": result.get("eval_loss_sum", 0.0),
+        "eval-tokens": result.get("eval_tokens", 0),
+    }
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -71,6 +71,12 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
     logic = method.server_logic(config)
     if state:
         logic.load_state_dict(state.server_logic)
+
+    def is_eval_round(absolute: int) -> bool:
+        return bool(config.eval_samples) and (
+            absolute % config.eval_every == 0 or absolute == config.num_rounds
+        )
+
     strategy = SmartFedStrategy(
         num_clients=config.num_clients,
         sample_clients=config.sample_clients,
@@ -78,6 +84,7 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
         server_logic=logic,
         seed=config.seed,
         round_offset=done,
+        client_eval_rounds=is_eval_round if method.evaluates_on_clients else None,
     )
     meter = EnergyMeter(
         country_iso_code=config.energy_country, offset_kwh=float(totals.get("energy_kwh", 0.0))
@@ -86,6 +93,7 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
 
     if done == 0 and config.eval_samples and "initial_eval" not in totals:
         method.load_global_state(global_state)
+        method.load_local_state(runtime.initial_local_state)  # a cached runtime's may be stale
         method.apply_round_config(logic.round_config())
         totals["initial_eval"] = _eval_row(evaluate_loss(method.model, runtime.eval_batches))
         log.info("round 0: eval loss %.4f", totals["initial_eval"].get("eval_loss", float("nan")))
@@ -105,11 +113,10 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
             "step_time_s": report.step_time_s,
             **logic.round_fields(report.round_config),
         }
-        evaluated = config.eval_samples and (
-            absolute % config.eval_every == 0 or absolute == config.num_rounds
-        )
+        evaluated = is_eval_round(absolute)
         if evaluated and method.evaluates_on_clients:
             row.update(_eval_row(report.client_eval or {}))
+            row["bytes_eval"] = report.bytes_eval  # evaluation traffic, not in bytes_up/down
         elif evaluated:
             method.load_global_state(arrays.to_torch_state_dict())
             method.apply_round_config(report.round_config)
@@ -118,7 +125,10 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
         row["wall_s"] = time.time() - report.started
         for key in ("bytes_down", "bytes_up", "wall_s"):
             totals[key] = totals.get(key, 0) + row[key]
-        totals["energy_kwh"] = row["energy_kwh"] or 0.0
+        if row["energy_kwh"] is None:  # unmeasured is not 0 kWh: the whole run's total is unknown
+            totals["energy_unavailable"] = True
+        else:
+            totals["energy_kwh"] = row["energy_kwh"]
         totals["last_round_config"] = report.round_config
         state_now = ServerState(
             round=absolute,
@@ -230,7 +240,9 @@ def _summary(runtime, run_dir, rows, totals, energy_total, energy_method) -> dic
         "bytes_down": int(totals.get("bytes_down", 0)),
         "bytes_up": int(totals.get("bytes_up", 0)),
         "wall_s": float(totals.get("wall_s", 0.0)),
-        "energy_kwh": energy_total if energy_total is not None else totals.get("energy_kwh"),
+        "energy_kwh": None
+        if totals.get("energy_unavailable")
+        else (energy_total if energy_total is not None else totals.get("energy_kwh")),
         "energy_method": energy_method,
         "initial_eval": totals.get("initial_eval"),
         "final_eval": final_eval,

@@ -8,7 +8,9 @@ On top of FedAvg it
   round with a clear message when fewer than ``min_replies`` usable replies remain;
 - hands the usable replies' metrics to the method's :class:`ServerLogic` (SmartFed: importance
   aggregation and EEQA for the next round);
-- collects clients' own evaluation where the method evaluates on clients (FedSA-LoRA);
+- where the method evaluates on clients (FedSA-LoRA's personalised models), runs Flower's
+  evaluate round on the clients that trained, with the new global state, and keeps the
+  token-weighted loss;
 - counts the bytes of every record it sends and receives.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +56,7 @@ class RoundReport:
     step_time_s: float | None = None
     round_config: dict = field(default_factory=dict)  # the method's round config it used
     client_eval: dict[str, float] | None = None  # clients' own evaluation, if the method has one
+    bytes_eval: int = 0  # that evaluation's traffic (not training communication)
     started: float = field(default_factory=time.time)
 
 
@@ -68,13 +71,22 @@ class SmartFedStrategy(FedAvg):
         seed: int,
         round_offset: int = 0,
         node_wait_s: float = 600.0,
+        client_eval_rounds: Callable[[int], bool] | None = None,
     ):
-        super().__init__(
-            fraction_train=sample_clients / num_clients,
-            fraction_evaluate=0.0,  # evaluation is centralised, on the server's held-out split
-            min_train_nodes=sample_clients,
-            min_available_nodes=num_clients,
-        )
+        flower_log = logging.getLogger("flwr")
+        level = flower_log.level
+        # FedAvg warns that fraction_evaluate = 0 skips federated evaluation: that is the intent
+        # (evaluation is centralised, on the server's held-out split), so the warning is noise.
+        flower_log.setLevel(logging.ERROR)
+        try:
+            super().__init__(
+                fraction_train=sample_clients / num_clients,
+                fraction_evaluate=0.0,
+                min_train_nodes=sample_clients,
+                min_available_nodes=num_clients,
+            )
+        finally:
+            flower_log.setLevel(level)
         self.num_clients = num_clients
         self.sample_clients = sample_clients
         self.min_replies = min_replies
@@ -82,6 +94,8 @@ class SmartFedStrategy(FedAvg):
         self.seed = seed
         self.round_offset = round_offset
         self.node_wait_s = node_wait_s
+        # Rounds (absolute) in which clients evaluate their own models; None: never.
+        self.client_eval_rounds = client_eval_rounds
         self.reports: dict[int, RoundReport] = {}
 
     def absolute_round(self, server_round: int) -> int:
@@ -158,13 +172,51 @@ class SmartFedStrategy(FedAvg):
             np.average([m["train-loss"] for m in metric_records], weights=weights)
         )
         report.step_time_s = float(np.mean([m["step-time-s"] for m in metric_records]))
-        if all("eval-tokens" in m for m in metric_records):
-            tokens = sum(int(m["eval-tokens"]) for m in metric_records)
-            if tokens:
-                loss_sum = sum(float(m["eval-loss-sum"]) for m in metric_records)
-                report.client_eval = loss_metrics(loss_sum, tokens)
         self.server_logic.aggregate(metric_records, absolute)
         return arrays, metrics
+
+    # ------------------------------------------------------------------ client-side evaluation
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Personalised methods only: the clients that trained this round evaluate the new global
+        state combined with their own local state (FedSA-LoRA: averaged A + own B)."""
+        absolute = self.absolute_round(server_round)
+        if self.client_eval_rounds is None or not self.client_eval_rounds(absolute):
+            return []
+        report = self.reports[absolute]
+        nodes = [node for node in report.sampled if node not in report.dropped]
+        config = ConfigRecord({**report.round_config, "server-round": absolute})
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        report.bytes_eval = record_bytes(content) * len(nodes)
+        return [
+            Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
+            for node in nodes
+        ]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        absolute = self.absolute_round(server_round)
+        report = self.reports[absolute]
+        loss_sum, tokens = 0.0, 0
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("round %d: client %d failed to evaluate: %s", absolute, node,
+                            reply.error.reason)  # fmt: skip
+                continue
+            report.bytes_eval += record_bytes(reply.content)
+            metrics = reply.content.get("metrics")
+            if metrics is None or "eval-tokens" not in metrics or "eval-loss-sum" not in metrics:
+                log.warning("round %d: client %d sent no evaluation", absolute, node)
+                continue
+            loss_sum += float(metrics["eval-loss-sum"])
+            tokens += int(metrics["eval-tokens"])
+        if not tokens:
+            return None
+        report.client_eval = loss_metrics(loss_sum, tokens)
+        return MetricRecord({k: report.client_eval[k] for k in ("eval_loss", "eval_ppl")})
 
     def _unusable(self, reply: Message) -> str | None:
         content = reply.content

@@ -50,7 +50,8 @@ def _expert_share(inputs: ScoreInputs) -> torch.Tensor:
 def cosine_score(inputs: ScoreInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's description: 1 − cos(W0 x, h'(x)), how far the experts turn the output."""
     adapted = inputs.base_out + inputs.delta
-    matrix = 1.0 - F.cosine_similarity(inputs.base_out, adapted, dim=-1, eps=_EPS)
+    # Rounding can put the cosine a hair above 1; a score is never negative (EEQA requires it).
+    matrix = (1.0 - F.cosine_similarity(inputs.base_out, adapted, dim=-1, eps=_EPS)).clamp_min(0)
     return matrix, _expert_share(inputs)
 
 

@@ -4,9 +4,11 @@
 share, B what is client-specific. Only A travels. Each client keeps its own B between rounds in
 its Flower node state (``context.state``), starting from PEFT's B = 0.
 
-Evaluation follows the paper's personalised protocol: after local training each sampled client
-evaluates its own model (global A + its B) on the held-out set, and the round's eval loss is the
-token-weighted mean over those clients. There is no single global model, so the run has no
+Evaluation follows the paper's personalised protocol: after aggregation, the clients that
+trained in the round receive the new averaged A in Flower's evaluate round and evaluate their own
+model (averaged A + their B) on the held-out set; the round's eval loss is the token-weighted
+mean over those clients. That traffic is recorded as ``bytes_eval``, apart from the training
+communication. There is no single global model, so the run has no
 final/ folder and no task metric on the server. Client B's live in the clients' memory: an
 in-process run resumed after a crash restarts them from B = 0.
 """

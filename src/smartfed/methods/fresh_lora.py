@@ -24,15 +24,18 @@ if TYPE_CHECKING:
 
 
 def fresh_lora_config(pool: LoraPool, config: RunConfig) -> LoraConfig:
-    """The LoRA shape of a knowledge-free method: explicit flags, else the first pool module's."""
+    """The LoRA shape of a knowledge-free method: explicit flags, else the pool's.
+
+    Rank, alpha and rsLoRA follow the first pool module; the targets are the union over all
+    modules, so a fresh LoRA adapts every matrix some pool module adapts.
+    """
     reference = pool.adapters[0]
     rank = config.lora_rank or max(reference.ranks)
     alpha = config.lora_alpha if config.lora_alpha is not None else max(reference.alphas)
-    targets = (
-        [t.strip() for t in config.lora_targets.split(",") if t.strip()]
-        if config.lora_targets
-        else reference.target_modules
-    )
+    if config.lora_targets:
+        targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()]
+    else:
+        targets = list(dict.fromkeys(t for a in pool.adapters for t in a.target_modules))
     if not targets:
         raise ConfigError("--lora_targets names no module")
     return LoraConfig(
@@ -40,6 +43,7 @@ def fresh_lora_config(pool: LoraPool, config: RunConfig) -> LoraConfig:
         lora_alpha=alpha,
         target_modules=targets,
         lora_dropout=0.0,
+        use_rslora=reference.use_rslora,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -69,7 +73,9 @@ class FreshLoraMethod(FederatedMethod):
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{directory}: cannot read the saved PEFT adapter: {exc}") from None
         result = set_peft_model_state_dict(self.model, weights)
-        if result.unexpected_keys:
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or missing:
             raise ConfigError(
-                f"{directory}: adapter does not fit this model: {result.unexpected_keys[:3]}"
+                f"{directory}: adapter does not fit this model: unexpected "
+                f"{result.unexpected_keys[:3]}, missing {missing[:3]}"
             )

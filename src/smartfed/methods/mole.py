@@ -66,7 +66,8 @@ class Mole(FederatedMethod):
         finally:
             self.model.track_usage(False)
         usage = self.model.module_usage(reset=True)
-        return {matrix: _shares(rates) for matrix, rates in usage.selection_rate.items()}
+        # Gate mass, not selection counts: with top_k >= N every module is always selected.
+        return {matrix: _shares(gates) for matrix, gates in usage.mean_gate.items()}
 
 
 def _shares(values: dict[str, float]) -> dict[str, float]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from smartfed.errors import ConfigError
 from smartfed.federation.core import next_quotas, update_importance
 from smartfed.methods.base import FederatedMethod, ServerLogic
 from smartfed.methods.registry import register_method
@@ -35,6 +36,12 @@ class QuotaLogic(ServerLogic):
         self.config = config
         self.top_k = top_k
         self.enable_eeqa = config.enable_eeqa and not config.dense
+        if self.enable_eeqa and config.k_min > int(self.capacities.min()):
+            # Caught here, before any round, not by EEQA after round 1's compute is spent.
+            raise ConfigError(
+                f"--k_min ({config.k_min}) exceeds the smallest number of experts of an adapted "
+                f"matrix ({int(self.capacities.min())}): lower --k_min or use a larger pool"
+            )
         self.ema_importance: np.ndarray | None = None
         self.client_importance: list[list[float]] = []
         self.quotas = self._next(completed_round=0)
@@ -59,6 +66,8 @@ class QuotaLogic(ServerLogic):
         importance = np.asarray(metrics["importance"], dtype=np.float64)
         if importance.shape != self.capacities.shape or not np.isfinite(importance).all():
             return "importance vector has the wrong length or non-finite values"
+        if (importance < 0).any():
+            return f"importance has negative values (min {importance.min():.3g})"
         return None
 
     def aggregate(self, metrics: list[Mapping[str, Any]], completed_round: int) -> None:
@@ -148,7 +157,10 @@ class SmartFed(FederatedMethod):
 
     @torch.no_grad()
     def routing_usage(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict:
-        """Per matrix, the share of selected experts that come from each pool module."""
+        """Per matrix, the share of gate mass that goes to each pool module's experts.
+
+        Gate mass, not selection counts: with K_ℓ = M_ℓ (dense) every expert is selected on every
+        token, and counts would only restate the modules' ranks."""
         more = self.model
         more.eval()
         more.read_importance(reset=True)
@@ -160,10 +172,10 @@ class SmartFed(FederatedMethod):
             more.track_importance(False)
         stats = more.read_importance(reset=True)
         usage = {}
-        for name, rates in zip(more.matrix_names, stats.selection_rate, strict=True):
+        for name, gates in zip(more.matrix_names, stats.mean_gate, strict=True):
             per_module: dict[str, float] = {}
-            for (module, _), rate in zip(more.expert_owners[name], rates, strict=True):
-                per_module[module] = per_module.get(module, 0.0) + float(rate)
+            for (module, _), gate in zip(more.expert_owners[name], gates, strict=True):
+                per_module[module] = per_module.get(module, 0.0) + float(gate)
             total = sum(per_module.values())
             usage[name] = {k: (v / total if total > 0 else 0.0) for k, v in per_module.items()}
         return usage

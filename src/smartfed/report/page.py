@@ -103,5 +103,10 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
 
 
 def _matrices(run_dir: Path) -> list[str] | None:
+    """Matrix names in quota order: from the final routers' config, else from usage.json (a
+    committed bench keeps no weights, hence no final/)."""
     saved = _read_json(run_dir / "final" / "more_config.json")
-    return saved.get("matrices") if saved else None
+    if saved and saved.get("matrices"):
+        return saved["matrices"]
+    usage = _read_json(run_dir / "usage.json")
+    return list(usage["matrices"]) if usage and usage.get("matrices") else None

@@ -83,7 +83,7 @@ def quota_heatmap(run: dict[str, Any], matrices: list[str] | None, path: Path, t
 
 
 def expert_usage(usage: dict[str, dict[str, float]], path: Path, title: str) -> Path:
-    """Per matrix, the share of routing that goes to each pool module (stacked bars)."""
+    """Per matrix, the share of gate mass that goes to each pool module (stacked bars)."""
     matrices = list(usage)
     modules = sorted({m for shares in usage.values() for m in shares})
     shares = np.array([[usage[mat].get(mod, 0.0) for mod in modules] for mat in matrices])
@@ -95,7 +95,7 @@ def expert_usage(usage: dict[str, dict[str, float]], path: Path, title: str) -> 
     ax.set_yticks(range(len(matrices)), [_short(m) for m in matrices], fontsize=6)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of selected experts / gates from each pool module")
+    ax.set_xlabel("share of gate mass on each pool module's experts")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

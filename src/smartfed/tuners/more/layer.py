@@ -110,6 +110,7 @@ class MoreLinear(nn.Module):
         self.importance_sum = 0.0
         self.expert_importance_sum = torch.zeros(self.num_experts, dtype=torch.float64)
         self.expert_selections = torch.zeros(self.num_experts, dtype=torch.float64)
+        self.expert_gate_sum = torch.zeros(self.num_experts, dtype=torch.float64)
         self.importance_tokens = 0
 
     @torch.no_grad()
@@ -141,6 +142,7 @@ class MoreLinear(nn.Module):
         self.importance_sum += float(matrix_score.double().sum())
         self.expert_importance_sum += expert_score.double().sum(dim=0).cpu()
         self.expert_selections += (gates > 0).double().sum(dim=0).cpu()
+        self.expert_gate_sum += gates.double().sum(dim=0).cpu()
         self.importance_tokens += int(base_out.shape[0])
 
     def extra_repr(self) -> str:

@@ -34,6 +34,7 @@ class ImportanceStats:
     matrix: np.ndarray  # (P,) mean per-token matrix score
     experts: list[np.ndarray]  # P arrays (M_ℓ,) mean per-token expert score
     selection_rate: list[np.ndarray]  # P arrays (M_ℓ,) fraction of tokens that selected expert j
+    mean_gate: list[np.ndarray]  # P arrays (M_ℓ,) mean renormalised gate ĝ_j (0 if not selected)
     tokens: int  # real (non-padding) tokens seen per matrix
 
 
@@ -160,6 +161,9 @@ class MoreModel(nn.Module):
             selection_rate=[
                 (layer.expert_selections / d).numpy()
                 for layer, d in zip(layers, denom, strict=True)
+            ],
+            mean_gate=[
+                (layer.expert_gate_sum / d).numpy() for layer, d in zip(layers, denom, strict=True)
             ],
             tokens=tokens,
         )
