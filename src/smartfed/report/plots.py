@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from smartfed.bench.results import loss_curve
 
@@ -25,18 +26,36 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+# A bench has about a dozen entries: more than one colour cycle, and some curves coincide, so
+# every line also gets its own marker and dash pattern.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+_DASHES = ("-", "--", "-.", ":")
+
+
+def _line_style(index: int) -> dict[str, Any]:
+    return {
+        "color": plt.get_cmap("tab20")(index % 20),
+        "marker": _MARKERS[index % len(_MARKERS)],
+        "linestyle": _DASHES[(index // 4) % len(_DASHES)],
+        "markersize": 4,
+    }
+
+
 def loss_vs_round(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, run in runs.items():
+    for index, (label, run) in enumerate(runs.items()):
         curve = loss_curve(run)
         if not curve:
             continue
         x, y = zip(*curve, strict=True)
+        style = _line_style(index)
         if len(curve) == 1:  # no rounds (static merging): a level line
-            ax.axhline(y[0], linestyle=":", linewidth=1.2, label=f"{label} (no training)")
+            ax.axhline(y[0], color=style["color"], linestyle=":", linewidth=1.2,
+                       label=f"{label} (no training)")  # fmt: skip
         else:
-            ax.plot(x, y, marker="o", markersize=3, label=label)
+            ax.plot(x, y, label=label, **style)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("eval loss (answer tokens)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -47,7 +66,7 @@ def loss_vs_round(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
 def loss_vs_bytes(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
     """Eval loss against cumulative traffic (up + down); log x, so round 0 is left out."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, run in runs.items():
+    for index, (label, run) in enumerate(runs.items()):
         total, points = 0, []
         for row in run["rows"]:
             total += row["bytes_up"] + row["bytes_down"]
@@ -55,7 +74,7 @@ def loss_vs_bytes(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
                 points.append((total / 2**20, row["eval_loss"]))
         if points:
             x, y = zip(*points, strict=True)
-            ax.plot(x, y, marker="o", markersize=3, label=label)
+            ax.plot(x, y, label=label, **_line_style(index))
     ax.set_xscale("log")
     ax.set_xlabel("cumulative communication, MiB (up + down, log scale)")
     ax.set_ylabel("eval loss (answer tokens)")
