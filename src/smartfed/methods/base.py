@@ -70,8 +70,8 @@ class FederatedMethod(ABC):
     trains: ClassVar[bool] = True  # False: no rounds, no communication (static merging)
     evaluates_on_clients: ClassVar[bool] = False  # personalised methods: clients report eval loss
     has_global_model: ClassVar[bool] = True  # False: no single model exists on the server
-    # The RunConfig field holding the clients' AdamW learning rate. Read from the round's
-    # config, not self.config: a cached runtime may have been built under another run's rate.
+    # The RunConfig field holding the clients' AdamW learning rate, read from the run's config
+    # (not self.config: a cached runtime may have been built under another run's rate).
     learning_rate_setting: ClassVar[str] = "learning_rate"
 
     def __init__(self, base_model: nn.Module, pool: LoraPool, config: RunConfig):
