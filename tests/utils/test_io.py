@@ -8,18 +8,16 @@ import stat
 
 import pytest
 
-from smartfed.utils.io import write_dir_atomic, write_json_atomic, write_text_atomic
+from smartfed.utils.io import atomic_path, write_dir_atomic, write_json_atomic, write_text_atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "summary.json"
     write_json_atomic(target, {"round": 1})
-
-    class Unserialisable:
-        pass
-
-    with pytest.raises(TypeError):
-        write_json_atomic(target, {"round": Unserialisable()})
+    # A crash half-way through writing the new content.
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"round": 2, "trunc')
+        raise RuntimeError("killed")
     assert json.loads(target.read_text()) == {"round": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
