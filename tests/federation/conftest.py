@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from smartfed.federation.config import RunConfig
+from smartfed.engine.config import RunConfig
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from smartfed.federation.config import RunConfig
+from smartfed.engine.config import RunConfig
 from smartfed.federation.settings import from_run_config
 
 APP_DIR = Path(__file__).resolve().parents[2] / "flower-app"

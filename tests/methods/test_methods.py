@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from smartfed.federation.core import client_seed, train_local
+from smartfed.assembly.runtime import Runtime
+from smartfed.engine.training import client_seed, train_local
 from smartfed.federation.runner import run_federated
-from smartfed.federation.runtime import Runtime
 from smartfed.methods import get_method, method_names
 
 # Substrings of the parameter names each method must send (and nothing else).
@@ -177,8 +177,8 @@ def test_smartfed_ablations(tiny_run_config, tmp_path):
 @pytest.mark.parametrize("name", ["fedit", "ffa_lora", "lorahub", "mole", "smartfed", "merge"])
 def test_eval_reloads_the_final_model_of_every_method(name, tiny_run_config):
     """`smartfed eval --run DIR` rebuilds the trained model: same logits as the run's own."""
+    from smartfed.assembly.runtime import get_runtime
     from smartfed.evaluation.harness import load_eval_target
-    from smartfed.federation.runtime import get_runtime
 
     config = tiny_run_config(method=name, num_rounds=1)
     run_federated(config)
@@ -242,10 +242,10 @@ def test_routing_usage_is_gate_mass_not_selection_counts(overrides, tiny_run_con
 
 def test_fedsa_lora_evaluates_averaged_a_with_each_clients_own_b(tiny_run_config):
     """The paper's personalised protocol, through Flower's evaluate round, on eval rounds only."""
+    from smartfed.assembly.runtime import get_runtime
+    from smartfed.engine.evaluation import evaluate_loss, loss_metrics
     from smartfed.federation import client_app
-    from smartfed.federation.core import evaluate_loss, loss_metrics
     from smartfed.federation.inprocess import InProcessGrid
-    from smartfed.federation.runtime import get_runtime
     from smartfed.federation.server_app import run_server
     from smartfed.federation.settings import to_run_config
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from smartfed.bench.results import bench_results, read_run, results_markdown
 from smartfed.bench.variants import BenchEntry
+from smartfed.engine.config import RunConfig
 from smartfed.errors import ConfigError
-from smartfed.federation.config import RunConfig
 from smartfed.utils.io import write_json_atomic, write_text_atomic
 
 # Settings that are per entry or bookkeeping, not part of what all entries must share.

@@ -60,7 +60,7 @@ def _loss_data(args: argparse.Namespace) -> tuple[str, str]:
         return args.data, args.split
     if args.run_dir:
         from smartfed.data.tasks import get_task
-        from smartfed.federation.rundir import RunDirectory
+        from smartfed.engine.rundir import RunDirectory
 
         task = get_task(RunDirectory(args.run_dir).read_config()["task"])
         return task.eval_dataset, task.eval_split

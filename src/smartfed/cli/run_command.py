@@ -6,15 +6,15 @@ import argparse
 import json
 import logging
 
-from smartfed.errors import ConfigError
-from smartfed.federation.config import (
+from smartfed.engine.config import (
     ENGINES,
     PARTITIONS,
     PRESETS,
     config_from_dict,
     resolve_config,
 )
-from smartfed.federation.rundir import RunDirectory
+from smartfed.engine.rundir import RunDirectory
+from smartfed.errors import ConfigError
 
 # flag -> (type, help). Every default is None so only flags the user gave override the
 # preset / config file; the real defaults live in RunConfig.

@@ -89,41 +89,10 @@ def load_eval_target(
 
 
 def _load_run(run_dir: str, model_override: str | None, pool_manifest: str | None) -> EvalTarget:
-    from smartfed.federation.config import config_from_dict
-    from smartfed.federation.core import seed_everything
-    from smartfed.federation.rundir import RunDirectory
-    from smartfed.methods import build_method
-    from smartfed.models import load_base_model
-    from smartfed.pool import PoolRegistry, load_pool
+    from smartfed.assembly.runtime import load_finished_run
 
-    run = RunDirectory(run_dir)
-    saved = run.read_config()
-    saved.pop("smartfed_version", None)
-    config = config_from_dict(saved, source=str(run.config_path))
-    loaded = load_base_model(model_override or config.model_name_or_path)
-    pool = load_pool(config.pool_items, PoolRegistry.default(pool_manifest or config.pool_manifest))
-    seed_everything(config.seed)  # FFA-LoRA's frozen A is rebuilt from the run seed
-    method = build_method(config, loaded.model, pool)
-    if not method.has_global_model:
-        raise ConfigError(
-            f"--run {run_dir}: method {config.method} keeps part of its model on the clients "
-            "and has no global model to evaluate (its per-round eval loss is in metrics.jsonl)"
-        )
-    if not run.final.is_dir():
-        raise ConfigError(f"--run {run_dir}: no final/ folder yet (the run has not finished)")
-    method.load_final(run.final)
-    method.model.eval()
-    description = {
-        "kind": "run",
-        "run_dir": str(run_dir),
-        "method": config.method,
-        "task": config.task,
-        "pool": config.pool_items,
-        "base_model": loaded.source.display_name,
-        "base_model_fingerprint": loaded.source.fingerprint,
-        **method.describe_final(),
-    }
-    return EvalTarget(model=method.model, tokenizer=loaded.tokenizer, description=description)
+    run = load_finished_run(run_dir, model_override=model_override, pool_manifest=pool_manifest)
+    return EvalTarget(model=run.model, tokenizer=run.tokenizer, description=run.description)
 
 
 def evaluate_benchmark(

@@ -10,8 +10,9 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from smartfed.federation.core import client_seed, evaluate_loss, train_local
-from smartfed.federation.runtime import get_runtime
+from smartfed.assembly.runtime import get_runtime
+from smartfed.engine.evaluation import evaluate_loss
+from smartfed.engine.training import client_seed, train_local
 from smartfed.federation.settings import from_run_config
 
 app = ClientApp()

@@ -10,8 +10,8 @@ from typing import Any
 
 from flwr.clientapp import ClientApp
 
+from smartfed.engine.config import RunConfig
 from smartfed.errors import ConfigError
-from smartfed.federation.config import RunConfig
 from smartfed.federation.inprocess import InProcessGrid
 from smartfed.federation.server_app import run_server
 from smartfed.federation.settings import CONFIG_ENV, to_run_config

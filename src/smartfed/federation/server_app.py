@@ -16,12 +16,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from smartfed import __version__
+from smartfed.assembly.runtime import get_runtime
 from smartfed.data import partition_stats
+from smartfed.engine.config import RunConfig
+from smartfed.engine.evaluation import evaluate_loss
+from smartfed.engine.rundir import RunDirectory, ServerState
 from smartfed.errors import ConfigError
-from smartfed.federation.config import RunConfig
-from smartfed.federation.core import evaluate_loss
-from smartfed.federation.rundir import RunDirectory, ServerState
-from smartfed.federation.runtime import get_runtime
 from smartfed.federation.settings import from_run_config
 from smartfed.federation.strategy import SmartFedStrategy
 from smartfed.telemetry import EnergyMeter

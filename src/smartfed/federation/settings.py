@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from smartfed.federation.config import RunConfig, config_from_dict
+from smartfed.engine.config import RunConfig, config_from_dict
 
 CONFIG_KEY = "smartfed-config"
 # Flower's simulation entry point takes no run config; the runner passes it through this

@@ -27,9 +27,10 @@ from flwr.common import MessageType
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from smartfed.engine.evaluation import loss_metrics
+from smartfed.engine.method import ServerLogic
+from smartfed.engine.training import is_finite_update
 from smartfed.errors import SmartFedError
-from smartfed.federation.core import is_finite_update, loss_metrics
-from smartfed.methods.base import ServerLogic
 
 log = logging.getLogger(__name__)
 

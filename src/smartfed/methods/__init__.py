@@ -5,8 +5,8 @@ Knowledge-free: ``fedit``, ``ffa_lora``, ``fedsa_lora`` (fresh PEFT LoRA). Knowl
 module; importing this package registers them all.
 """
 
+from smartfed.engine.method import FederatedMethod, ServerLogic
 from smartfed.methods import fedit, fedsa_lora, ffa_lora, mole, pool_mixing, smartfed  # noqa: F401
-from smartfed.methods.base import FederatedMethod, ServerLogic
 from smartfed.methods.registry import build_method, get_method, method_names, register_method
 
 __all__ = [

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from peft import LoraConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
 from torch import nn
 
+from smartfed.engine.method import FederatedMethod
 from smartfed.errors import ConfigError
-from smartfed.methods.base import FederatedMethod
 from smartfed.pool import LoraPool
 
 if TYPE_CHECKING:
-    from smartfed.federation.config import RunConfig
+    from smartfed.engine.config import RunConfig
 
 
 def fresh_lora_config(pool: LoraPool, config: RunConfig) -> LoraConfig:

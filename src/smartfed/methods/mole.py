@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from smartfed.methods.base import FederatedMethod
+from smartfed.engine.method import FederatedMethod
 from smartfed.methods.registry import register_method
 from smartfed.pool import LoraPool
 from smartfed.tuners.mole import MoleConfig, MoleModel
@@ -22,7 +22,7 @@ from smartfed.tuners.mole.common import load_state
 from smartfed.tuners.mole.model import MOLE_CONFIG_NAME, ROUTER_WEIGHTS_NAME
 
 if TYPE_CHECKING:
-    from smartfed.federation.config import RunConfig
+    from smartfed.engine.config import RunConfig
 
 
 @register_method

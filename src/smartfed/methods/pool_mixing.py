@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from smartfed.methods.base import FederatedMethod
+from smartfed.engine.method import FederatedMethod
 from smartfed.methods.registry import register_method
 from smartfed.pool import LoraPool
 from smartfed.tuners.lorahub import LoraHubConfig, LoraHubModel
@@ -21,7 +21,7 @@ from smartfed.tuners.lorahub.model import LORAHUB_CONFIG_NAME, WEIGHTS_NAME
 from smartfed.tuners.mole.common import load_state
 
 if TYPE_CHECKING:
-    from smartfed.federation.config import RunConfig
+    from smartfed.engine.config import RunConfig
 
 
 class _ModuleWeighting(FederatedMethod):

@@ -13,8 +13,8 @@ from smartfed.errors import ConfigError
 if TYPE_CHECKING:
     from torch import nn
 
-    from smartfed.federation.config import RunConfig
-    from smartfed.methods.base import FederatedMethod
+    from smartfed.engine.config import RunConfig
+    from smartfed.engine.method import FederatedMethod
     from smartfed.pool import LoraPool
 
 _METHODS: dict[str, type[FederatedMethod]] = {}

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from smartfed.eeqa.server import next_quotas, update_importance
+from smartfed.engine.method import FederatedMethod, ServerLogic
 from smartfed.errors import ConfigError
-from smartfed.federation.core import next_quotas, update_importance
-from smartfed.methods.base import FederatedMethod, ServerLogic
 from smartfed.methods.registry import register_method
 from smartfed.pool import LoraPool
 from smartfed.tuners.more import MoreConfig, MoreModel
 
 if TYPE_CHECKING:
-    from smartfed.federation.config import RunConfig
+    from smartfed.engine.config import RunConfig
 
 
 class QuotaLogic(ServerLogic):

@@ -29,7 +29,7 @@ from smartfed.errors import ConfigError
 from smartfed.pool import LoraPool
 
 if TYPE_CHECKING:
-    from smartfed.federation.config import RunConfig
+    from smartfed.engine.config import RunConfig
 
 
 class ServerLogic:

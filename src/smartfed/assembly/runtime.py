@@ -11,14 +11,18 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
 from smartfed.data import BatchStream, encode_example, load_examples, partition_examples
 from smartfed.data.formatting import collate
 from smartfed.data.tasks import get_task
-from smartfed.federation.config import RunConfig
-from smartfed.federation.core import client_seed, seed_everything
+from smartfed.engine.config import RunConfig, config_from_dict
+from smartfed.engine.method import FederatedMethod
+from smartfed.engine.rundir import RunDirectory
+from smartfed.engine.training import client_seed, seed_everything
+from smartfed.errors import ConfigError
 from smartfed.methods import build_method
 from smartfed.models import load_base_model
 from smartfed.pool import PoolRegistry, load_pool
@@ -120,3 +124,50 @@ def get_runtime(config: RunConfig) -> Runtime:
         _CACHE.clear()  # one runtime per process: models are large
         _CACHE[key] = Runtime(config)
     return _CACHE[key]
+
+
+@dataclass
+class FinishedRun:
+    """A finished run's final model on its base model and pool, ready for inference."""
+
+    method: FederatedMethod
+    tokenizer: Any
+    description: dict[str, Any]
+
+    @property
+    def model(self) -> Any:
+        return self.method.model
+
+
+def load_finished_run(
+    run_dir: str, *, model_override: str | None = None, pool_manifest: str | None = None
+) -> FinishedRun:
+    """Rebuild a run's method on its base model and pool and load its ``final/`` folder."""
+    run = RunDirectory(run_dir)
+    saved = run.read_config()
+    saved.pop("smartfed_version", None)
+    config = config_from_dict(saved, source=str(run.config_path))
+    loaded = load_base_model(model_override or config.model_name_or_path)
+    pool = load_pool(config.pool_items, PoolRegistry.default(pool_manifest or config.pool_manifest))
+    seed_everything(config.seed)  # FFA-LoRA's frozen A is rebuilt from the run seed
+    method = build_method(config, loaded.model, pool)
+    if not method.has_global_model:
+        raise ConfigError(
+            f"--run {run_dir}: method {config.method} keeps part of its model on the clients "
+            "and has no global model to evaluate (its per-round eval loss is in metrics.jsonl)"
+        )
+    if not run.final.is_dir():
+        raise ConfigError(f"--run {run_dir}: no final/ folder yet (the run has not finished)")
+    method.load_final(run.final)
+    method.model.eval()
+    description = {
+        "kind": "run",
+        "run_dir": str(run_dir),
+        "method": config.method,
+        "task": config.task,
+        "pool": config.pool_items,
+        "base_model": loaded.source.display_name,
+        "base_model_fingerprint": loaded.source.fingerprint,
+        **method.describe_final(),
+    }
+    return FinishedRun(method=method, tokenizer=loaded.tokenizer, description=description)

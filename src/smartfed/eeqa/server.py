@@ -1,0 +1,45 @@
+"""EEQA's server side: importance aggregation over clients and rounds, then next round's quotas.
+
+Pure numpy, called by SmartFed's server logic (``smartfed.methods.smartfed``) after every round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from smartfed.eeqa.allocation import allocate_quotas, uniform_quotas
+from smartfed.importance.aggregation import ema_update, weighted_mean
+
+
+def update_importance(
+    previous_ema: np.ndarray | None,
+    client_importance: Sequence[np.ndarray],
+    client_tokens: Sequence[int],
+    beta: float,
+) -> np.ndarray | None:
+    """Token-weighted mean over clients, then EMA over rounds (DESIGN §1.3)."""
+    pairs = [(imp, tok) for imp, tok in zip(client_importance, client_tokens, strict=True) if tok]
+    if not pairs:
+        return previous_ema
+    current = weighted_mean([p[0] for p in pairs], [p[1] for p in pairs])
+    return ema_update(previous_ema, current, beta)
+
+
+def next_quotas(
+    *,
+    importance: np.ndarray | None,
+    capacities: np.ndarray,
+    top_k: int,
+    k_min: int,
+    completed_round: int,
+    warmup_rounds: int,
+    enable_eeqa: bool,
+) -> np.ndarray:
+    """Quotas for the round after ``completed_round``: uniform K during warm-up or without EEQA."""
+    uniform = uniform_quotas(capacities, top_k)
+    if not enable_eeqa or importance is None or completed_round < warmup_rounds:
+        return uniform
+    # DESIGN §1.4: K_tot = K·P; EEQA spends min(K_tot, Σ M_ℓ) of it.
+    return allocate_quotas(importance, capacities, top_k * len(capacities), k_min=k_min)
