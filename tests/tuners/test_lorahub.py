@@ -43,7 +43,7 @@ def _base_plus_weighted(paths: list[Path], weights: list[float]) -> torch.nn.Mod
 def _hub(pool, weights: list[float] | None = None, **config) -> LoraHubModel:
     hub = LoraHubModel(make_tiny_llama(), pool, LoraHubConfig(**config))
     if weights is not None:
-        hub.load_weights_state_dict({WEIGHTS_KEY: torch.tensor(weights)})
+        hub.load_trainable_state_dict({WEIGHTS_KEY: torch.tensor(weights)})
     return hub.eval()
 
 
@@ -187,7 +187,9 @@ def test_save_load_round_trip(hetero_pool, input_ids, tmp_path):
     assert saved["weights"] == pytest.approx({"r4": 0.1, "r8": 0.5, "v_only": -0.25})
 
     reloaded = LoraHubModel.from_pretrained(make_tiny_llama(), hetero_pool, tmp_path / "hub")
-    assert torch.equal(reloaded.weights_state_dict()[WEIGHTS_KEY], torch.tensor([0.1, 0.5, -0.25]))
+    assert torch.equal(
+        reloaded.trainable_state_dict()[WEIGHTS_KEY], torch.tensor([0.1, 0.5, -0.25])
+    )
     with torch.no_grad():
         torch.testing.assert_close(reloaded.eval()(input_ids=input_ids).logits, expected)
 
@@ -204,9 +206,9 @@ def test_load_against_a_different_pool_fails_on_the_fingerprint(
 def test_load_weights_of_the_wrong_shape_or_name_fails(hetero_pool):
     hub = _hub(hetero_pool)
     with pytest.raises(PoolError, match="shape"):
-        hub.load_weights_state_dict({WEIGHTS_KEY: torch.ones(2)})
+        hub.load_trainable_state_dict({WEIGHTS_KEY: torch.ones(2)})
     with pytest.raises(PoolError, match="exactly"):
-        hub.load_weights_state_dict({"weights": torch.ones(3)})
+        hub.load_trainable_state_dict({"weights": torch.ones(3)})
 
 
 def test_invalid_config_is_refused():

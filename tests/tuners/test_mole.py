@@ -11,7 +11,8 @@ from peft import PeftModel
 
 from smartfed.errors import ConfigError, PoolError
 from smartfed.pool import load_pool
-from smartfed.tuners.mole import MoleConfig, MoleModel, group_experts_by_module
+from smartfed.tuners.experts import group_experts_by_module
+from smartfed.tuners.mole import MoleConfig, MoleModel
 
 from ..conftest import make_tiny_llama
 
@@ -128,7 +129,7 @@ def test_single_module_pool_reproduces_that_adapter(make_adapter, input_ids):
     pool = load_pool([str(path)])
     # Default config: random router and top_k=2, clipped to the one module -> gate is always 1.
     mole = MoleModel(make_tiny_llama(), pool)
-    assert all(layer.k == 1 for layer in mole.mole_layers().values())
+    assert all(layer.k == 1 for layer in mole.tuner_layers().values())
     peft_model = PeftModel.from_pretrained(make_tiny_llama(), str(path)).eval()
     with torch.no_grad():
         torch.testing.assert_close(
@@ -142,7 +143,7 @@ def test_single_module_pool_reproduces_that_adapter(make_adapter, input_ids):
 def test_top1_routes_each_token_to_exactly_one_whole_module(hetero_paths, hetero_pool):
     config = MoleConfig(top_k=1, router_init_std=1.0)  # a strong random router: varied choices
     mole = MoleModel(make_tiny_llama(), hetero_pool, config)
-    layer = mole.mole_layers()[V0]
+    layer = mole.tuner_layers()[V0]
     assert layer.module_names == ("r4", "r8", "v_only")
     torch.manual_seed(0)
     x = torch.randn(64, layer.in_features)
@@ -161,7 +162,7 @@ def test_top1_routes_each_token_to_exactly_one_whole_module(hetero_paths, hetero
 
 def test_topk_renormalises_kept_gates(hetero_pool):
     mole = MoleModel(make_tiny_llama(), hetero_pool, MoleConfig(top_k=2, router_init_std=1.0))
-    layer = mole.mole_layers()[V0]
+    layer = mole.tuner_layers()[V0]
     x = torch.randn(16, layer.in_features)
     probs = torch.softmax(layer.router(x), dim=-1)
     gates = layer.gates(x)

@@ -103,7 +103,7 @@ def test_output_scale_one_with_uniform_gates_is_the_mean_of_experts(make_adapter
     more = MoreModel(
         make_tiny_llama(), pool, MoreConfig(top_k=4, output_scale="one", router_init_std=0)
     )
-    layer = more.more_layers()["model.layers.0.self_attn.q_proj"]
+    layer = more.tuner_layers()["model.layers.0.self_attn.q_proj"]
     x = torch.randn(5, layer.in_features)
     with torch.no_grad():
         expected = layer.base_layer(x) + (x @ layer.expert_A.T @ layer.expert_B.T) / 4

@@ -81,7 +81,7 @@ def test_training_lowers_loss(hetero_pool, input_ids):
 def test_quota_change_keeps_shapes_and_changes_active_experts(hetero_pool):
     more = MoreModel(make_tiny_llama(), hetero_pool, MoreConfig(top_k=2))
     shapes = {k: tuple(v.shape) for k, v in more.router_state_dict().items()}
-    layer = more.more_layers()["model.layers.0.self_attn.v_proj"]
+    layer = more.tuner_layers()["model.layers.0.self_attn.v_proj"]
     x = torch.randn(9, layer.in_features)
     assert ((layer.gates(x) > 0).sum(-1) == 2).all()
     new = more.capacities.copy()

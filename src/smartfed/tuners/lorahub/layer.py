@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from smartfed.tuners.mole.common import ModuleGroups
+from smartfed.tuners.experts import ExpertLinear, ModuleGroups
 
 
 class LoraHubWeights(nn.Module):
@@ -30,22 +30,12 @@ class LoraHubWeights(nn.Module):
         return f"modules={len(self.module_names)}"
 
 
-class LoraHubLinear(nn.Module):
+class LoraHubLinear(ExpertLinear):
     def __init__(self, base_layer: nn.Linear, groups: ModuleGroups, hub: LoraHubWeights):
-        super().__init__()
-        num_experts, in_features = groups.expert_A.shape
-        if groups.expert_B.shape != (base_layer.out_features, num_experts):
-            raise ValueError(f"expert_B shape {tuple(groups.expert_B.shape)} does not match A")
-        self.base_layer = base_layer
-        self.in_features = in_features
-        self.out_features = base_layer.out_features
+        super().__init__(base_layer, groups.expert_A, groups.expert_B)
         self.module_names = groups.modules
-        dtype, device = base_layer.weight.dtype, base_layer.weight.device
-        # Frozen pool weights are buffers, not parameters: never trained, never saved.
-        self.register_buffer("expert_A", groups.expert_A.to(device, dtype), persistent=False)
-        self.register_buffer("expert_B", groups.expert_B.to(device, dtype), persistent=False)
         self.register_buffer(
-            "expert_pool_index", groups.expert_pool_index.to(device), persistent=False
+            "expert_pool_index", groups.expert_pool_index.to(self.device), persistent=False
         )
         # The weights are owned by LoraHubModel and shared by all layers; a tuple keeps
         # nn.Module from registering them again under every layer (one tensor, one name).
@@ -70,5 +60,5 @@ class LoraHubLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, "
-            f"modules={len(self.module_names)}, experts={self.expert_A.shape[0]}"
+            f"modules={len(self.module_names)}, experts={self.num_experts}"
         )

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 from smartfed.errors import ConfigError
+from smartfed.tuners.base import TunerConfig
+from smartfed.tuners.routing import get_router
 
 OUTPUT_SCALES = ("one", "k")
 
 
 @dataclass
-class MoleConfig:
+class MoleConfig(TunerConfig):
     """How the per-matrix routers pick and weight whole pool modules.
 
     top_k: modules kept per token and matrix; clipped to N_ℓ, the number of pool modules
@@ -21,18 +23,23 @@ class MoleConfig:
     output_scale: c in h' = W0 x + c Σ_{n∈S} ĝ_n B_n A_n x.
         "one" (default): a convex mix of module updates; top_k = N with uniform gates is the
         average of the modules. "k": c = the (clipped) top_k, so uniform gates sum the modules.
-    router_init_std: std of the normal init of router weights; 0 gives uniform gates (top-k
-        ties then go to the first modules in pool order).
+    router_init_std: std of the normal init of router weights; 0 gives uniform gates (torch.topk
+        then breaks the top-k ties the same way for every token).
+    router: name of a registered router design (smartfed.tuners.routing) that reads only the
+        token input x (MoLE has no rank-1 expert projections to offer).
     target_modules: restrict MoLE to these short module names (e.g. ["q_proj"]); None = every
         matrix some pool module adapts.
     """
 
+    kind: ClassVar[str] = "MoLE"
+
     top_k: int = 2
     output_scale: str = "one"
     router_init_std: float = 0.02
-    target_modules: list[str] | None = None
+    router: str = "linear"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise ConfigError(f"MoLE top_k must be an integer >= 1, got {self.top_k!r}")
         if self.output_scale not in OUTPUT_SCALES:
@@ -49,21 +56,4 @@ class MoleConfig:
             raise ConfigError(
                 f"MoLE router_init_std must be a finite number >= 0, got {self.router_init_std!r}"
             )
-        if self.target_modules is not None:
-            if not self.target_modules or not all(isinstance(t, str) for t in self.target_modules):
-                raise ConfigError("target_modules must be a non-empty list of module names or null")
-            self.target_modules = list(self.target_modules)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> MoleConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown MoLE config field(s) {', '.join(unknown)}; "
-                f"expected {', '.join(sorted(known))}"
-            )
-        return cls(**data)
+        get_router(self.router)
