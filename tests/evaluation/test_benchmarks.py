@@ -9,7 +9,17 @@ import pytest
 from smartfed.data import load_examples
 from smartfed.data.examples import Example
 from smartfed.errors import ConfigError
-from smartfed.evaluation.benchmarks import benchmark_names, get_benchmark
+from smartfed.evaluation.benchmarks import (
+    BENCHMARKS,
+    KIND_OPTIONS,
+    EvalSettings,
+    GenerativeBenchmark,
+    LossBenchmark,
+    benchmark_names,
+    get_benchmark,
+    register_benchmark,
+)
+from smartfed.evaluation.harness import evaluate_benchmark
 from smartfed.evaluation.sandbox import SandboxLimits
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -25,6 +35,35 @@ def test_every_issue_benchmark_is_registered():
     }  # fmt: skip
     with pytest.raises(ConfigError, match="unknown benchmark 'nope'; known benchmarks: "):
         get_benchmark("nope")
+
+
+def test_every_benchmark_is_of_one_kind_with_its_own_options():
+    kinds = {name: type(get_benchmark(name)) for name in benchmark_names()}
+    assert kinds["loss"] is LossBenchmark
+    assert {k for n, k in kinds.items() if n != "loss"} == {GenerativeBenchmark}
+    # every kind-specific option belongs to exactly one kind
+    assert sorted(GenerativeBenchmark.options + LossBenchmark.options) == sorted(KIND_OPTIONS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_benchmark(LossBenchmark(name="loss", description="again"))
+    assert isinstance(BENCHMARKS["loss"], LossBenchmark)
+
+
+def test_settings_name_only_the_options_given():
+    assert EvalSettings().given() == []
+    assert EvalSettings(split="test", timeout_s=3.0, limit=2).given() == ["timeout_s", "split"]
+
+
+def test_the_options_of_the_other_kind_are_refused():
+    get_benchmark("loss").check(EvalSettings(data="x.jsonl", split="a", max_seq_len=8))
+    with pytest.raises(ConfigError, match="--data applies only to loss benchmarks; gsm8k "):
+        get_benchmark("gsm8k").check(EvalSettings(data="x.jsonl"))
+    with pytest.raises(ConfigError, match="--max_new_tokens applies only to generative"):
+        get_benchmark("loss").check(EvalSettings(max_new_tokens=3))
+
+
+def test_the_generative_evaluator_refuses_the_loss_benchmark():
+    with pytest.raises(ConfigError, match="'loss' is not generative"):
+        evaluate_benchmark(None, "loss")  # type: ignore[arg-type]
 
 
 def test_math_answers_are_scored_by_number():

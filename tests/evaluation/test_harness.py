@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from smartfed.cli.main import main
+from smartfed.data import collate, encode_example, load_examples
+from smartfed.engine import evaluation as engine_evaluation
 from smartfed.errors import ConfigError
+from smartfed.evaluation import harness
+from smartfed.evaluation.benchmarks import EvalSettings, LossBenchmark, get_benchmark
 from smartfed.evaluation.generation import generate
 from smartfed.evaluation.harness import EvalTarget, evaluate_loss, load_eval_target
 
@@ -69,6 +73,62 @@ def test_loss_is_the_token_weighted_mean_of_items(tiny_target, arith_jsonl):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
 
 
+def _engine_batches(target: EvalTarget, data: str, batch_size: int) -> list[dict]:
+    """The batches a run's per-round evaluation would build (assembly.runtime.eval_batches)."""
+    rows = [encode_example(target.tokenizer, ex, 512) for ex in load_examples(data, "test")]
+    rows = [row for row in rows if row is not None]
+    pad = target.tokenizer.pad_token_id
+    return [collate(rows[i : i + batch_size], pad) for i in range(0, len(rows), batch_size)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_the_loss_benchmark_gives_the_engine_evaluators_numbers(
+    tiny_target, arith_jsonl, batch_size
+):
+    bench = get_benchmark("loss")
+    assert isinstance(bench, LossBenchmark) and bench.kind == "loss"
+    settings = EvalSettings(data=arith_jsonl, batch_size=batch_size)
+    result = bench.evaluate(tiny_target, settings, progress=False)
+    engine = engine_evaluation.evaluate_loss(
+        tiny_target.model, _engine_batches(tiny_target, arith_jsonl, batch_size)
+    )
+    # One computation: the same numbers, not merely close ones.
+    assert result["value"] == engine["eval_loss"]
+    assert result["perplexity"] == engine["eval_ppl"]
+    assert result["tokens"] == engine["eval_tokens"]
+    items = result["items"]
+    assert sum(i["tokens"] for i in items) == engine["eval_tokens"]
+    item_sum = sum(i["loss"] * i["tokens"] for i in items)
+    assert item_sum == pytest.approx(engine["eval_loss_sum"], rel=1e-6)
+    assert (result["benchmark"], result["metric"], result["split"]) == ("loss", "loss", "test")
+    assert result["settings"] == {"max_seq_len": 512, "batch_size": batch_size}
+
+
+def test_answer_token_loss_is_cross_entropy_bit_for_bit(tiny_target):
+    torch.manual_seed(1)
+    vocab = tiny_target.model.config.vocab_size
+    input_ids = torch.randint(0, vocab, (3, 12))
+    labels = input_ids.clone()
+    labels[:, :4] = -100  # the prompt
+    labels[1, 9:] = -100  # padding
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    loss = engine_evaluation.answer_token_loss(tiny_target.model, batch)
+    with torch.no_grad():
+        logits = tiny_target.model(input_ids=input_ids, attention_mask=batch["attention_mask"])
+        logits = logits.logits[:, :-1]
+    shifted = labels[:, 1:]
+    expected = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, vocab).float(), shifted.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    assert float(loss.total) == float(expected)  # what evaluate_loss has always summed
+    assert loss.row_tokens.tolist() == [8, 5, 8] and loss.tokens == 21
+    for row in range(3):
+        one = torch.nn.functional.cross_entropy(
+            logits[row].float(), shifted[row], ignore_index=-100, reduction="sum"
+        )
+        assert float(loss.row_sums[row]) == pytest.approx(float(one), rel=1e-6)
+
+
 def test_an_adapter_changes_the_loss_and_is_described(tiny_model_dir, make_adapter, arith_jsonl):
     base = load_eval_target(str(tiny_model_dir))
     adapter = make_adapter("a1", r=4, alpha=8, seed=3)
@@ -114,3 +174,62 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     code = main(["eval", "--benchmark", "gsm8k", "--data_dir", str(tmp_path / "missing")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "missing" in err[0]
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any attempt to load a model fails the test: refusals must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the flags were checked")
+
+    monkeypatch.setattr(harness, "load_eval_target", refuse)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "kind"),
+    [
+        (["--benchmark", "mgsm_en", "--split", "train"], "--split", "loss"),
+        (["--benchmark", "gsm8k", "--max_seq_len", "64"], "--max_seq_len", "loss"),
+        (["--benchmark", "humaneval", "--data", "x.jsonl"], "--data", "loss"),
+        (["--benchmark", "loss", "--max_new_tokens", "4"], "--max_new_tokens", "generative"),
+        (["--benchmark", "loss", "--timeout_s", "1"], "--timeout_s", "generative"),
+        # refused even with the (otherwise harmless) default value
+        (["--benchmark", "mbpp", "--split", "test"], "--split", "loss"),
+    ],
+)
+def test_cli_refuses_a_flag_of_the_other_kind(argv, flag, kind, capsys, no_model_loads):
+    code = main(["eval", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert f"{flag} applies only to {kind} benchmarks" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--benchmark", "loss", "--limit", "0"], "--limit must be >= 1"),
+        (["--benchmark", "loss", "--batch_size", "0"], "--batch_size must be >= 1"),
+        (["--benchmark", "loss", "--max_seq_len", "0"], "--max_seq_len must be >= 1"),
+        (["--benchmark", "gsm8k", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1"),
+        (["--benchmark", "gsm8k", "--timeout_s", "0"], "--timeout_s must be"),
+    ],
+)
+def test_cli_refuses_bad_values_before_loading(argv, message, capsys, no_model_loads):
+    code = main(["eval", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message in err[0], err
+
+
+def test_cli_loss_on_missing_data_fails_before_loading(tmp_path, capsys, no_model_loads):
+    code = main(["eval", "--benchmark", "loss", "--data", "gsm8k", "--split", "nope",
+                 "--data_dir", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+
+
+def test_loss_data_defaults():
+    bench = get_benchmark("loss")
+    assert bench.data_source(EvalSettings()) == ("gsm8k", "test")
+    assert bench.data_source(EvalSettings(data="x.jsonl")) == ("x.jsonl", "test")
+    assert bench.data_source(EvalSettings(data="gsm8k", split="train")) == ("gsm8k", "train")

@@ -23,7 +23,6 @@ class TaskSpec:
     # Generative benchmark (smartfed.evaluation) that gives the task's metric; the eval split
     # above gives the smooth per-round signal (answer-token loss).
     benchmark: str = ""
-    notes: str = ""  # what differs from the paper's setting, shown by `smartfed run`
 
 
 TASKS: dict[str, TaskSpec] = {}
@@ -77,6 +76,8 @@ register_task(
 )
 
 # The paper's three skill compositions (DESIGN §2), on the data available offline.
+# Math23K here is MWPToolkit's random split (train = its validset.json, eval loss on its
+# testset.json); the 18.5K trainset is not available offline.
 register_task(
     TaskSpec(
         name="cn_math",
@@ -87,12 +88,10 @@ register_task(
         eval_split="test",
         default_pool="cn_chat,en_math",
         benchmark="mgsm_zh",
-        notes=(
-            "Math23K here is MWPToolkit's random split (train = its validset.json, eval loss on "
-            "its testset.json); the 18.5K trainset is not available offline"
-        ),
     )
 )
+# DoIT's own pass@1 harness is not implemented; the metric is MBPP pass@1. Offline, use the task
+# cn_code_offline instead.
 register_task(
     TaskSpec(
         name="cn_code",
@@ -103,12 +102,9 @@ register_task(
         eval_split="test",
         default_pool="cn_chat,en_code",
         benchmark="mbpp",
-        notes=(
-            "DoIT's own pass@1 harness is not implemented; the metric is MBPP pass@1. Offline, "
-            "use the task cn_code_offline instead"
-        ),
     )
 )
+# DoIT is not available offline; zh_code is a few hundred Chinese coding requests.
 register_task(
     TaskSpec(
         name="cn_code_offline",
@@ -122,9 +118,9 @@ register_task(
         eval_split="test",
         default_pool="cn_chat,en_code",
         benchmark="mbpp",
-        notes="DoIT is not available offline; zh_code is a few hundred Chinese coding requests",
     )
 )
+# MathCodeInstruct is not available offline; GSM8K-derived programs replace it.
 register_task(
     TaskSpec(
         name="math_code",
@@ -135,6 +131,5 @@ register_task(
         eval_split="test",
         default_pool="en_math,en_code",
         benchmark="gsm_hard",
-        notes="MathCodeInstruct is not available offline; GSM8K-derived programs replace it",
     )
 )

@@ -1,8 +1,17 @@
-"""The benchmark registry: how each benchmark prompts, what it extracts and how it scores.
+"""The benchmark registry: every ``smartfed eval --benchmark`` name, and how each one scores.
 
-A benchmark is data (a registered dataset and split) plus three functions: the prompt shown to
-the model, and the scoring of one generation against one example. Adding one is a
-:func:`register_benchmark` call, not a branch in the evaluator.
+Two kinds of benchmark share one interface (:class:`Benchmark`: check the settings and the data
+before any model loads, evaluate a loaded target, summarise the result in one line):
+
+* :class:`GenerativeBenchmark`: data (a registered dataset and split) plus two functions, the
+  prompt shown to the model and the scoring of one generation against one example. The model
+  decodes greedily (:func:`smartfed.evaluation.harness.evaluate_benchmark`).
+* :class:`LossBenchmark`: generates nothing; scores the mean answer-token loss on a held-out
+  split of any dataset (:func:`smartfed.evaluation.harness.evaluate_loss`).
+
+Adding a benchmark is a :func:`register_benchmark` call, not a branch in the evaluator or the
+CLI. Each kind accepts its own options (:data:`GenerativeBenchmark.options`,
+:data:`LossBenchmark.options`); an option of the other kind is refused, not silently ignored.
 
 * ``mgsm_zh`` / ``mgsm_en`` / ``gsm8k``: the question as the user turn; the number after the
   last answer marker (else the last number) must equal the gold answer. Accuracy.
@@ -12,23 +21,31 @@ the model, and the scoring of one generation against one example. Adding one is 
 * ``humaneval`` / ``mbpp``: the generated code is run with the benchmark's own tests in the
   sandbox; a sample passes when every assertion holds. pass@1 with greedy decoding.
 
-The ``loss`` benchmark (answer-token loss on any dataset split) lives in
-:mod:`smartfed.evaluation.harness`: it generates nothing.
+* ``loss``: mean answer-token loss (prompt masked) and perplexity on ``--data``/``--split``
+  (default: the evaluated run's task eval set, else GSM8K test).
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from smartfed.data.examples import Example
 from smartfed.errors import ConfigError
 from smartfed.evaluation.extraction import extract_code, extract_number, numbers_match
 from smartfed.evaluation.sandbox import SandboxLimits, run_python
 
+if TYPE_CHECKING:
+    from smartfed.evaluation.harness import EvalTarget
+
 PAL_ABS_TOL = 1e-3
+DEFAULT_TIMEOUT_S = SandboxLimits().timeout_s  # sandbox wall time per generated program
+LOSS_DEFAULT_DATA = "gsm8k"  # held-out data of `loss` when neither --data nor a run is given
+LOSS_DEFAULT_SPLIT = "test"
+LOSS_DEFAULT_MAX_SEQ_LEN = 512
 
 
 @dataclass(frozen=True)
@@ -40,8 +57,98 @@ class Score:
     detail: str = ""  # why a program failed, e.g. "timeout" or "AssertionError"
 
 
+# The EvalSettings fields that only one kind of benchmark uses (see Benchmark.options).
+KIND_OPTIONS = ("max_new_tokens", "timeout_s", "data", "split", "max_seq_len")
+
+
 @dataclass(frozen=True)
-class Benchmark:
+class EvalSettings:
+    """How to run a benchmark: shared settings, then options of one kind of benchmark.
+
+    An option left ``None`` was not given and takes the benchmark's default; an option given to
+    a benchmark of the other kind is refused by :meth:`Benchmark.check`.
+    """
+
+    limit: int | None = None  # first N items only
+    data_dir: str | None = None  # dataset folder (default: env, bundled)
+    batch_size: int = 8
+    run_dir: str | None = None  # the run directory evaluated, if any
+    # generative benchmarks only
+    max_new_tokens: int | None = None  # default: the benchmark's own budget
+    timeout_s: float | None = None  # default: DEFAULT_TIMEOUT_S
+    # loss benchmarks only
+    data: str | None = None  # default: the run's task eval set, else LOSS_DEFAULT_DATA
+    split: str | None = None  # default: the run's task eval split, else LOSS_DEFAULT_SPLIT
+    max_seq_len: int | None = None  # default: LOSS_DEFAULT_MAX_SEQ_LEN
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
+        for name in ("max_new_tokens", "max_seq_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {value}")
+        t = self.timeout_s
+        if t is not None and not (math.isfinite(t) and t > 0):
+            raise ConfigError(f"--timeout_s must be a finite number > 0, got {t}")
+
+    def given(self) -> list[str]:
+        """The kind-specific options that were set (not ``None``), in declaration order."""
+        return [name for name in KIND_OPTIONS if getattr(self, name) is not None]
+
+
+class Benchmark(ABC):
+    """One ``smartfed eval --benchmark`` name: checks its settings, evaluates, summarises.
+
+    Subclasses are frozen dataclasses with at least ``name``, ``description`` and ``metric``
+    (the name of the aggregate ``value``, e.g. "accuracy", "pass@1" or "loss").
+    """
+
+    name: str
+    description: str
+    metric: str
+    kind: ClassVar[str]  # "generative" or "loss"
+    options: ClassVar[tuple[str, ...]]  # the KIND_OPTIONS this kind accepts
+
+    def check(self, settings: EvalSettings) -> None:
+        """Refuse options of another kind and missing data: everything before a model loads."""
+        for option in settings.given():
+            if option not in self.options:
+                kinds = sorted(
+                    {type(b).kind for b in BENCHMARKS.values() if option in type(b).options}
+                )
+                raise ConfigError(
+                    f"--{option} applies only to {' and '.join(kinds)} benchmarks; "
+                    f"{self.name} {self.does}"
+                )
+        self.check_data(settings)
+
+    @property
+    @abstractmethod
+    def does(self) -> str:
+        """What it does, to end "--x applies only to ... benchmarks; NAME ..." messages."""
+
+    @abstractmethod
+    def check_data(self, settings: EvalSettings) -> None:
+        """Raise a one-line error when the data to evaluate on cannot be found."""
+
+    @abstractmethod
+    def evaluate(
+        self, target: EvalTarget, settings: EvalSettings, *, progress: bool = True
+    ) -> dict[str, Any]:
+        """The JSON result (``benchmark``, ``metric``, ``value``, ``n``, ..., ``items``)."""
+
+    @abstractmethod
+    def summary(self, result: dict[str, Any]) -> str:
+        """One line for people, e.g. "accuracy 0.4200 (105/250) on mgsm_zh"."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerativeBenchmark(Benchmark):
+    """Prompts the model, decodes greedily and scores each generation against its example."""
+
     name: str
     description: str
     dataset: str
@@ -52,12 +159,108 @@ class Benchmark:
     max_new_tokens: int = 256
     stop: tuple[str, ...] = field(default_factory=tuple)
 
+    kind: ClassVar[str] = "generative"
+    options: ClassVar[tuple[str, ...]] = ("max_new_tokens", "timeout_s")
+
+    @property
+    def does(self) -> str:
+        return f"generates answers to its own data ({self.dataset}/{self.split})"
+
+    def check_data(self, settings: EvalSettings) -> None:
+        from smartfed.data.registry import resolve_split_file
+
+        resolve_split_file(self.dataset, self.split, data_dir=settings.data_dir)
+
+    def evaluate(
+        self, target: EvalTarget, settings: EvalSettings, *, progress: bool = True
+    ) -> dict[str, Any]:
+        from smartfed.evaluation.harness import evaluate_benchmark
+
+        timeout_s = DEFAULT_TIMEOUT_S if settings.timeout_s is None else settings.timeout_s
+        return evaluate_benchmark(
+            target,
+            self,
+            limit=settings.limit,
+            data_dir=settings.data_dir,
+            batch_size=settings.batch_size,
+            max_new_tokens=settings.max_new_tokens,
+            sandbox=SandboxLimits(timeout_s=timeout_s),
+            progress=progress,
+        )
+
+    def summary(self, result: dict[str, Any]) -> str:
+        return (
+            f"{result['metric']} {result['value']:.4f} ({result['correct']}/{result['n']}) on "
+            f"{self.name}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossBenchmark(Benchmark):
+    """Scores the mean answer-token loss on a held-out split; generates nothing."""
+
+    name: str
+    description: str
+    metric: str = "loss"
+
+    kind: ClassVar[str] = "loss"
+    options: ClassVar[tuple[str, ...]] = ("data", "split", "max_seq_len")
+
+    @property
+    def does(self) -> str:
+        return "scores held-out loss and generates nothing"
+
+    def data_source(self, settings: EvalSettings) -> tuple[str, str]:
+        """(dataset, split): ``--data``, else the evaluated run's task eval set, else GSM8K."""
+        if settings.data:
+            return settings.data, settings.split or LOSS_DEFAULT_SPLIT
+        if settings.run_dir:
+            from smartfed.data.tasks import get_task
+            from smartfed.engine.rundir import RunDirectory
+
+            task = get_task(RunDirectory(settings.run_dir).read_config()["task"])
+            return task.eval_dataset, settings.split or task.eval_split
+        return LOSS_DEFAULT_DATA, settings.split or LOSS_DEFAULT_SPLIT
+
+    def check_data(self, settings: EvalSettings) -> None:
+        from smartfed.data.registry import resolve_split_file
+
+        dataset, split = self.data_source(settings)
+        if "/" not in dataset and not dataset.endswith(".jsonl"):  # a registered dataset
+            resolve_split_file(dataset, split, data_dir=settings.data_dir)
+
+    def evaluate(
+        self, target: EvalTarget, settings: EvalSettings, *, progress: bool = True
+    ) -> dict[str, Any]:
+        from smartfed.evaluation.harness import evaluate_loss
+
+        dataset, split = self.data_source(settings)
+        return evaluate_loss(
+            target,
+            dataset,
+            split,
+            limit=settings.limit,
+            data_dir=settings.data_dir,
+            batch_size=settings.batch_size,
+            max_seq_len=settings.max_seq_len or LOSS_DEFAULT_MAX_SEQ_LEN,
+            progress=progress,
+            name=self.name,
+            description=self.description,
+        )
+
+    def summary(self, result: dict[str, Any]) -> str:
+        return (
+            f"loss {result['value']:.4f} (ppl {result['perplexity']:.2f}) on "
+            f"{result['dataset']}/{result['split']}, {result['n']} examples, "
+            f"{result['tokens']} answer tokens"
+        )
+
 
 BENCHMARKS: dict[str, Benchmark] = {}
 
 
 def register_benchmark(benchmark: Benchmark) -> Benchmark:
-    if benchmark.name in BENCHMARKS or benchmark.name == "loss":
+    if benchmark.name in BENCHMARKS:
         raise ValueError(f"benchmark {benchmark.name!r} is already registered")
     BENCHMARKS[benchmark.name] = benchmark
     return benchmark
@@ -67,12 +270,12 @@ def get_benchmark(name: str) -> Benchmark:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        known = ", ".join([*sorted(BENCHMARKS), "loss"])
+        known = ", ".join(sorted(BENCHMARKS))
         raise ConfigError(f"unknown benchmark {name!r}; known benchmarks: {known}") from None
 
 
 def benchmark_names() -> list[str]:
-    return [*sorted(BENCHMARKS), "loss"]
+    return sorted(BENCHMARKS)
 
 
 # ------------------------------------------------------------------------------ maths, by answer
@@ -95,7 +298,7 @@ for _name, _dataset, _what in (
     ("gsm8k", "gsm8k", "GSM8K test (1,319 problems), answer accuracy"),
 ):
     register_benchmark(
-        Benchmark(
+        GenerativeBenchmark(
             name=_name,
             description=_what,
             dataset=_dataset,
@@ -133,7 +336,7 @@ def _score_pal(example: Example, generation: str, limits: SandboxLimits) -> Scor
 
 
 register_benchmark(
-    Benchmark(
+    GenerativeBenchmark(
         name="gsm_hard",
         description="GSM-Hard (1,319 problems), PAL program execution accuracy",
         dataset="gsm_hard",
@@ -171,7 +374,7 @@ def _score_humaneval(example: Example, generation: str, limits: SandboxLimits) -
 
 
 register_benchmark(
-    Benchmark(
+    GenerativeBenchmark(
         name="humaneval",
         description="HumanEval (164 problems), pass@1 with greedy decoding",
         dataset="humaneval",
@@ -194,7 +397,7 @@ def _score_mbpp(example: Example, generation: str, limits: SandboxLimits) -> Sco
 
 
 register_benchmark(
-    Benchmark(
+    GenerativeBenchmark(
         name="mbpp",
         description="MBPP test split (task ids 11-510), pass@1 with greedy decoding",
         dataset="mbpp",
@@ -203,5 +406,15 @@ register_benchmark(
         prompt=_mbpp_prompt,
         score=_score_mbpp,
         max_new_tokens=320,
+    )
+)
+
+
+# ------------------------------------------------------------------------------ held-out loss
+
+register_benchmark(
+    LossBenchmark(
+        name="loss",
+        description="mean answer-token loss (prompt masked) on a held-out split",
     )
 )

@@ -8,6 +8,10 @@ for evaluation, which is exact for LoRA and makes generation as fast as the base
 Results are plain JSON (:func:`write_result`): ``benchmark``, ``metric``, ``value``, ``n``, what
 was evaluated, the settings and timing, and ``items`` with prompt, generation, extracted answer
 and correctness for generative benchmarks, or the per-example answer-token loss for ``loss``.
+Which of the two evaluators runs is the benchmark's business (:mod:`.benchmarks`): call
+``get_benchmark(name).evaluate(target, settings)``. The loss is computed by the engine's
+:func:`smartfed.engine.evaluation.answer_token_loss`, the same code as every run's per-round
+evaluation, so both report the same numbers on the same batches.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from smartfed import __version__
 from smartfed.data import encode_example, load_examples
 from smartfed.data.formatting import collate
+from smartfed.engine.evaluation import answer_token_loss
 from smartfed.errors import ConfigError
-from smartfed.evaluation.benchmarks import Benchmark, get_benchmark
+from smartfed.evaluation.benchmarks import GenerativeBenchmark, get_benchmark
 from smartfed.evaluation.generation import generate
 from smartfed.evaluation.sandbox import SandboxLimits
 from smartfed.utils.io import write_json_atomic
@@ -97,7 +101,7 @@ def _load_run(run_dir: str, model_override: str | None, pool_manifest: str | Non
 
 def evaluate_benchmark(
     target: EvalTarget,
-    benchmark: Benchmark | str,
+    benchmark: GenerativeBenchmark | str,
     *,
     limit: int | None = None,
     data_dir: str | None = None,
@@ -108,7 +112,10 @@ def evaluate_benchmark(
 ) -> dict[str, Any]:
     """Generate for the first ``limit`` items of a generative benchmark and score them."""
     if isinstance(benchmark, str):
-        benchmark = get_benchmark(benchmark)
+        found = get_benchmark(benchmark)
+        if not isinstance(found, GenerativeBenchmark):
+            raise ConfigError(f"benchmark {benchmark!r} is not generative ({found.kind})")
+        benchmark = found
     examples = load_examples(benchmark.dataset, benchmark.split, data_dir=data_dir, limit=limit)
     prompts = [benchmark.prompt(ex) for ex in examples]
     budget = max_new_tokens or benchmark.max_new_tokens
@@ -163,7 +170,6 @@ def evaluate_benchmark(
     }
 
 
-@torch.no_grad()
 def evaluate_loss(
     target: EvalTarget,
     dataset: str,
@@ -174,8 +180,14 @@ def evaluate_loss(
     batch_size: int = 8,
     max_seq_len: int = 512,
     progress: bool = True,
+    name: str = "loss",
+    description: str = "mean answer-token loss (prompt masked) on a held-out split",
 ) -> dict[str, Any]:
-    """Mean answer-token loss and perplexity on a held-out split (prompt tokens masked out)."""
+    """Mean answer-token loss and perplexity on a held-out split (prompt tokens masked out).
+
+    ``value`` is the loss summed over every answer token, then divided by their number: what
+    :func:`smartfed.engine.evaluation.evaluate_loss` returns as ``eval_loss`` on the same batches.
+    """
     examples = load_examples(dataset, split, data_dir=data_dir, limit=limit)
     rows = [(i, encode_example(target.tokenizer, ex, max_seq_len)) for i, ex in enumerate(examples)]
     rows = [(i, row) for i, row in rows if row is not None]
@@ -191,25 +203,19 @@ def evaluate_loss(
         for start in tqdm(range(0, len(rows), batch_size), desc=f"loss {dataset}/{split}",
                           disable=not progress):  # fmt: skip
             chunk = rows[start : start + batch_size]
-            batch = collate([row for _, row in chunk], pad_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            logits = logits.logits[:, :-1].float()
-            labels = batch["labels"][:, 1:]
-            losses = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
-            )
-            for (index, _), row_loss, row_labels in zip(chunk, losses, labels, strict=True):
-                tokens = int((row_labels != -100).sum())
-                loss_sum = float(row_loss.sum())
-                total_loss += loss_sum
-                total_tokens += tokens
+            loss = answer_token_loss(model, collate([row for _, row in chunk], pad_id))
+            total_loss += float(loss.total)
+            total_tokens += loss.tokens
+            for (index, _), loss_sum, tokens in zip(
+                chunk, loss.row_sums.tolist(), loss.row_tokens.tolist(), strict=True
+            ):
                 items.append({"index": index, "tokens": tokens, "loss": loss_sum / max(tokens, 1)})
     finally:
         model.train(was_training)
     mean = total_loss / total_tokens
     return {
-        "benchmark": "loss",
-        "description": "mean answer-token loss (prompt masked) on a held-out split",
+        "benchmark": name,
+        "description": description,
         "metric": "loss",
         "value": mean,
         "perplexity": math.exp(min(mean, 50.0)),

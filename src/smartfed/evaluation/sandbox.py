@@ -16,18 +16,21 @@ distrust inside a container or VM without network and without credentials.
 
 What each sample gets
 ---------------------
-* A fresh interpreter (``sys.executable -s -P -B``, i.e. ``-I`` except ``-E``, see below) in its
-  own session and process group, killed as a whole (``killpg(SIGKILL)``) on timeout and again
-  after a normal exit, so children cannot outlive the sample.
+* A fresh interpreter (``sys.executable -s -P -B``, i.e. ``-I`` except ``-E``, see below) running
+  the driver :mod:`smartfed.evaluation.sandbox_driver` (``-m``) in its own session and process
+  group, killed as a whole (``killpg(SIGKILL)``) on timeout and again after a normal exit, so
+  children cannot outlive the sample.
 * A fresh temporary working directory (also ``HOME`` and ``TMPDIR``), removed afterwards.
 * A minimal environment built from scratch: nothing of the evaluator's environment (tokens,
   cloud keys) reaches the child. ``-E`` is left out only so that ``PYTHONHASHSEED=0`` applies and
   set/dict-of-str iteration order, hence pass@1, is reproducible; the environment is ours anyway.
+  ``PYTHONPATH`` is set only when SmartFed itself was found through ours (an uninstalled
+  checkout), and then only to the folder holding the ``smartfed`` package, so the driver imports.
 * Resource limits: address space (``memory_mb``), CPU time (a little above the wall timeout),
   file size (per file: the total written inside the sandbox directory is not capped), no core
   dumps, open files; ``RLIMIT_NPROC=0`` for non-root users (root ignores it, so it is only a
   backstop; it also stops threads, which the guards forbid for everyone).
-* Guards, installed by a small driver before the code runs: a ``sys.addaudithook`` hook (cannot
+* Guards, installed by the driver before the code runs: a ``sys.addaudithook`` hook (cannot
   be removed once added) plus a few patches for calls CPython does not audit. Process creation
   (``os.system``, ``fork``, ``exec*``, ``spawn*``, ``posix_spawn``, ``subprocess``,
   ``multiprocessing``), signals and rlimit/affinity changes aimed at other processes, threads,
@@ -62,6 +65,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from smartfed.errors import SmartFedError
+from smartfed.evaluation.sandbox_driver import STARTED, encode_request
 
 __all__ = ["SandboxError", "SandboxLimits", "SandboxResult", "run_python"]
 
@@ -73,10 +77,12 @@ _NOFILE = 256
 _REAP_TIMEOUT_S = 5.0  # after SIGKILL; only a process stuck in the kernel takes longer
 _STATUS_READ_BYTES = 64 * 1024
 _DETAIL_CHARS = 300
+DRIVER_MODULE = "smartfed.evaluation.sandbox_driver"
 
 
 class SandboxError(SmartFedError):
-    """The sandbox itself cannot run (wrong platform, interpreter missing), not the sample."""
+    """The sandbox itself cannot run (wrong platform, interpreter or driver missing), not the
+    sample."""
 
 
 @dataclass(frozen=True)
@@ -118,342 +124,6 @@ class SandboxResult:
         return self.status == "ok"
 
 
-# The driver runs inside the child as `python -c _DRIVER`. It reads its configuration and the
-# code from stdin, sets rlimits, installs the guards, then execs the code in a fresh __main__.
-# It must stay cheap (hundreds of samples): only builtin/extension modules are imported up front.
-# Status records go to a private fd as "<nonce>\t<kind>\t<detail>\n".
-_DRIVER = r"""
-import os
-import sys
-
-
-def _set_limits(mem, cpu, fsize, nofile):
-    import resource
-
-    def cap(res, soft, hard=None):
-        hard = soft if hard is None else hard
-        old_hard = resource.getrlimit(res)[1]
-        if old_hard != resource.RLIM_INFINITY:
-            soft, hard = min(soft, old_hard), min(hard, old_hard)
-        try:
-            resource.setrlimit(res, (soft, hard))  # soft == hard: the code cannot raise them
-        except (ValueError, OSError):
-            pass
-
-    cap(resource.RLIMIT_AS, mem)
-    cap(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU first, SIGKILL a second later
-    cap(resource.RLIMIT_FSIZE, fsize)  # CPython ignores SIGXFSZ: writes fail with EFBIG
-    cap(resource.RLIMIT_CORE, 0)
-    cap(resource.RLIMIT_NOFILE, nofile)
-    if os.getuid() != 0:
-        # Counts every process and thread of the uid, so 0 = no new ones at all. Root is
-        # exempt whatever its capabilities; the guards are the real defence.
-        cap(resource.RLIMIT_NPROC, 0)
-
-
-def _install_guards(nonce, status_fd, root, out, err):
-    # Runs in its own frame, which is gone by the time the code runs: the hook's state is not
-    # reachable by walking the stack. Returns the function that writes the verdict.
-    import _posixsubprocess
-    import _signal
-    import _thread
-    import posix
-
-    write, _exit, readlink = os.write, os._exit, os.readlink
-    realpath, isabs, join, fsdecode = os.path.realpath, os.path.isabs, os.path.join, os.fsdecode
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-
-    def report(kind, detail):
-        detail = " ".join(str(detail).split())[:300]
-        write(status_fd, ("%s\t%s\t%s\n" % (nonce, kind, detail)).encode("utf-8", "replace"))
-
-    def violation(what):
-        # The first violation ends the process: untrusted code cannot catch os._exit.
-        try:
-            for stream in (out, err):
-                try:
-                    stream.flush()
-                except BaseException:
-                    pass
-            write(2, ("blocked: %s\n" % what).encode("utf-8", "replace"))
-            report("blocked", "blocked: " + what)
-        finally:
-            _exit(86)
-
-    root = realpath(root)
-    write_roots = (root,)
-    write_files = ("/dev/null", "/dev/stdout", "/dev/stderr")
-    read = {root, "/usr", "/lib", "/lib32", "/lib64", "/proc/%d" % os.getpid(),
-            "/proc/cpuinfo", "/proc/meminfo", "/sys/devices/system/cpu", "/dev/null",
-            "/dev/zero", "/dev/urandom", "/dev/random", "/etc/localtime", "/etc/mime.types"}
-    for p in [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]:
-        if p:
-            read.add(realpath(p))
-    read_roots = tuple(read)
-
-    def within(path, roots):
-        for r in roots:
-            if path == r or path.startswith(r.rstrip("/") + "/"):
-                return True
-        return False
-
-    def resolve(path, dir_fd=None):
-        if isinstance(path, int):
-            target = readlink("/proc/self/fd/%d" % path)
-            # pipes and unnamed files have no path: "outside" for every check
-            return realpath(target) if target.startswith("/") else "<fd %d>" % path
-        p = fsdecode(path)
-        if isinstance(dir_fd, int) and dir_fd >= 0 and not isabs(p):
-            p = join(readlink("/proc/self/fd/%d" % dir_fd), p)
-        return realpath(p)
-
-    def must(event, path, dir_fd, roots, files, verb):
-        if path is None:
-            return
-        if not isinstance(path, int) and not (isinstance(dir_fd, int) and dir_fd >= 0):
-            try:
-                if fsdecode(path) in files:
-                    return
-            except Exception:
-                pass
-        try:
-            resolved = resolve(path, dir_fd)
-        except Exception:
-            violation("%s %r (path cannot be resolved)" % (event, path))
-        if not within(resolved, roots):
-            violation("%s %r %s" % (event, path, verb))
-
-    def must_write(event, path, dir_fd=None):
-        must(event, path, dir_fd, write_roots, write_files, "outside the sandbox directory")
-
-    def must_read(event, path, dir_fd=None):
-        must(event, path, dir_fd, read_roots, (), "for reading outside the allowed directories")
-
-    def on_open(args):
-        path, mode, flags = args
-        if isinstance(path, int):
-            return  # an fd already open: its access was checked when it was opened
-        if isinstance(flags, int) and flags:
-            writing = flags & write_flags
-        else:
-            writing = any(c in str(mode) for c in "wax+")
-        (must_write if writing else must_read)("open", path)
-
-    blocked_imports = frozenset(
-        # re-importing these would undo the patches below
-        ("cffi", "_cffi_backend", "_posixsubprocess", "_thread", "_signal", "posix")
-    )
-
-    def on_import(args):
-        if str(args[0]).partition(".")[0] in blocked_imports:
-            violation("import %s" % args[0])
-
-    own_pid = os.getpid()
-
-    def on_prlimit(args):  # limits of another process (the evaluator!) are not ours to change
-        if args[0] not in (0, own_pid):
-            violation("resource.prlimit on pid %r" % (args[0],))
-
-    def on_dlopen(args):
-        if args[0] is not None:  # None is the interpreter itself, which ctypes opens on import
-            violation("ctypes (loading %r)" % (args[0],))
-
-    def w1(event):  # (path, dir_fd)
-        return lambda a: must_write(event, a[0], a[1] if len(a) > 1 else None)
-
-    def w2(event):  # (src, dst, src_dir_fd, dst_dir_fd)
-        def check(a):
-            must_write(event, a[0], a[2] if len(a) > 2 else None)
-            must_write(event, a[1], a[3] if len(a) > 3 else None)
-        return check
-
-    checks = {
-        "open": on_open,
-        "import": on_import,
-        "ctypes.dlopen": on_dlopen,
-        "resource.prlimit": on_prlimit,
-        "os.remove": w1("os.remove"),
-        "os.rmdir": w1("os.rmdir"),
-        "os.mkdir": lambda a: must_write("os.mkdir", a[0], a[2]),
-        "os.rename": w2("os.rename"),
-        "os.link": w2("os.link"),
-        "os.symlink": lambda a: must_write("os.symlink", a[1], a[2]),
-        "os.truncate": lambda a: must_write("os.truncate", a[0]),
-        "os.chmod": lambda a: must_write("os.chmod", a[0], a[2]),
-        "os.chown": lambda a: must_write("os.chown", a[0], a[3]),
-        "os.utime": lambda a: must_write("os.utime", a[0], a[3]),
-        "os.chflags": lambda a: must_write("os.chflags", a[0]),
-        "os.lchflags": lambda a: must_write("os.lchflags", a[0]),
-        "os.setxattr": lambda a: must_write("os.setxattr", a[0]),
-        "os.removexattr": lambda a: must_write("os.removexattr", a[0]),
-        "shutil.rmtree": lambda a: must_write("shutil.rmtree", a[0], a[1]),
-        "shutil.move": w2("shutil.move"),
-        "shutil.chown": lambda a: must_write("shutil.chown", a[0]),
-        "shutil.copyfile": lambda a: must_write("shutil.copyfile", a[1]),
-        "shutil.copymode": lambda a: must_write("shutil.copymode", a[1]),
-        "shutil.copystat": lambda a: must_write("shutil.copystat", a[1]),
-        "shutil.copytree": lambda a: must_write("shutil.copytree", a[1]),
-    }
-    always = {
-        "os.system": "os.system", "os.fork": "os.fork", "os.forkpty": "os.forkpty",
-        "os.exec": "os.exec*", "os.posix_spawn": "os.posix_spawn", "os.spawn": "os.spawn*",
-        "subprocess.Popen": "subprocess.Popen", "os.startfile": "os.startfile",
-        "os.kill": "os.kill", "os.killpg": "os.killpg",
-        "socket.__new__": "socket.socket", "socket.connect": "socket.connect",
-        "socket.bind": "socket.bind", "socket.sendto": "socket.sendto",
-        "socket.sendmsg": "socket.sendmsg", "socket.getaddrinfo": "socket.getaddrinfo",
-        "socket.gethostbyname": "socket.gethostbyname",
-        "socket.gethostbyaddr": "socket.gethostbyaddr",
-        # `import ctypes` is allowed (numpy needs it; it only dlopens the process itself), but
-        # looking up a symbol, calling a foreign function or touching raw memory is not.
-        "ctypes.dlsym": "ctypes (symbol lookup)", "ctypes.dlsym/handle": "ctypes (symbol lookup)",
-        "ctypes.call_function": "ctypes (foreign call)", "ctypes.cdata": "ctypes (raw memory)",
-        "ctypes.string_at": "ctypes (raw memory)", "ctypes.wstring_at": "ctypes (raw memory)",
-        "ctypes.memoryview_at": "ctypes (raw memory)",
-        "gc.get_objects": "gc.get_objects", "gc.get_referrers": "gc.get_referrers",
-        "gc.get_referents": "gc.get_referents", "_thread.start_new_thread": "threading",
-        "webbrowser.open": "webbrowser.open",
-    }
-    busy = [False]
-
-    def hook(event, args):
-        if busy[0]:
-            return  # our own checks (realpath, readlink) must not recurse
-        label = always.get(event)
-        if label is not None:
-            violation(label)
-        check = checks.get(event)
-        if check is not None:
-            busy[0] = True
-            try:
-                check(args)
-            finally:
-                busy[0] = False
-
-    def blocker(what):
-        def blocked(*args, **kwargs):
-            violation(what)
-        return blocked
-
-    # Calls CPython does not audit: patch the modules (re-importing them is blocked above).
-    _posixsubprocess.fork_exec = blocker("subprocess (fork_exec)")  # multiprocessing "spawn"
-    for name in ("start_new_thread", "start_new", "start_joinable_thread"):
-        if hasattr(_thread, name):
-            setattr(_thread, name, blocker("threading"))
-    if hasattr(_signal, "pidfd_send_signal"):
-        _signal.pidfd_send_signal = blocker("signal.pidfd_send_signal")
-    real_open, real_mkfifo = posix.open, posix.mkfifo
-
-    def guarded_open(path, flags, mode=0o777, *, dir_fd=None):
-        # the "open" audit event does not carry dir_fd: check relative opens here
-        if dir_fd is not None:
-            (must_write if flags & write_flags else must_read)("os.open", path, dir_fd)
-        return real_open(path, flags, mode, dir_fd=dir_fd)
-
-    def guarded_mkfifo(path, mode=0o666, *, dir_fd=None):  # not audited
-        must_write("os.mkfifo", path, dir_fd)
-        return real_mkfifo(path, mode, dir_fd=dir_fd)
-
-    for module in (os, posix):
-        module.open, module.mkfifo = guarded_open, guarded_mkfifo
-        for name in ("mknod", "pidfd_open"):  # device nodes; signalling other processes
-            if hasattr(module, name):
-                setattr(module, name, blocker("os." + name))
-    os.popen = blocker("os.popen")
-
-    def self_only(name, real, index):  # not audited: may only target this process
-        def guarded(*args, **kwargs):
-            if len(args) > index and args[index] not in (0, own_pid):
-                violation("%s on pid %r" % (name, args[index]))
-            if name == "os.setpriority" and args and args[0] != os.PRIO_PROCESS:
-                violation("os.setpriority on a process group or user")
-            return real(*args, **kwargs)
-        return guarded
-
-    for name, index in (("sched_setaffinity", 0), ("sched_setscheduler", 0),
-                        ("sched_setparam", 0), ("setpriority", 1)):
-        real = getattr(posix, name, None)
-        if real is not None:
-            guarded = self_only("os." + name, real, index)
-            setattr(os, name, guarded)
-            setattr(posix, name, guarded)
-    sys.addaudithook(hook)
-    return report
-
-
-def _main():
-    raw = sys.stdin.buffer.read()
-    header, _, body = raw.partition(b"\n")
-    nonce, root_hex, status_fd, mem, cpu, fsize, nofile = header.decode("ascii").split(" ")
-    source = body.decode("utf-8", "surrogatepass")
-    del raw, header, body
-    # stdin held the nonce: replace it with /dev/null before any untrusted code runs.
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    _set_limits(int(mem), int(cpu), int(fsize), int(nofile))
-
-    import builtins
-    import errno
-
-    out, err, _exit = sys.stdout, sys.stderr, os._exit
-    root = bytes.fromhex(root_hex).decode("utf-8", "surrogateescape")
-    report = _install_guards(nonce, int(status_fd), root, out, err)
-    del nonce, status_fd, root_hex
-
-    main = type(sys)("__main__")
-    namespace = main.__dict__
-    namespace["__builtins__"] = builtins
-    sys.modules["__main__"] = main
-    sys.argv = [""]
-    kind, detail = "ok", "ok"
-    try:
-        exec(compile(source, "<solution>", "exec"), namespace)
-    except SystemExit as exc:
-        kind, detail = "exit", "SystemExit(%r): the code exited before its end" % (exc.code,)
-    except BaseException as exc:
-        name = type(exc).__name__
-        if isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM:
-            # Free what the code allocated before formatting anything.
-            kind = "memory"
-            exc.__traceback__ = None
-            namespace.clear()
-            detail = name
-        else:
-            kind = "error"
-            try:
-                text = str(exc)
-            except BaseException:
-                text = ""
-            detail = "%s: %s" % (name, text) if text else name
-        try:
-            import linecache
-            import traceback
-
-            lines = source.splitlines(True)
-            linecache.cache["<solution>"] = (len(source), None, lines, "<solution>")
-            tb = exc.__traceback__
-            tb = tb.tb_next if tb is not None else None  # hide the driver's own frame
-            traceback.print_exception(type(exc), exc, tb, file=err)
-        except BaseException:
-            try:
-                err.write(detail + "\n")
-            except BaseException:
-                pass
-    try:
-        out.flush()
-        err.flush()
-    except BaseException as exc:
-        if kind == "ok":
-            kind, detail = "error", "could not write the output: %s" % exc
-    report(kind, detail)
-    _exit(0 if kind == "ok" else 1)
-
-
-_main()
-"""
-
-
 def _require_linux() -> None:
     if not sys.platform.startswith("linux"):
         raise SandboxError(
@@ -464,9 +134,25 @@ def _require_linux() -> None:
         raise SandboxError("the code sandbox needs sys.executable, which is empty here")
 
 
+def _driver_pythonpath() -> dict[str, str]:
+    """``PYTHONPATH`` for the child, only if SmartFed was found through ours (not installed).
+
+    An installed SmartFed (editable or not) is found through the interpreter's site-packages,
+    which the child reads too; a checkout on ``$PYTHONPATH`` would not be, so that one folder
+    (the parent of the ``smartfed`` package, nothing else of ours) is passed on.
+    """
+    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # .../smartfed
+    package_parent = os.path.dirname(package)
+    ours = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if any(p and os.path.realpath(p) == package_parent for p in ours):
+        return {"PYTHONPATH": package_parent}
+    return {}
+
+
 def _child_env(workdir: str) -> dict[str, str]:
     """A minimal environment built from scratch: nothing of ours (secrets!) is inherited."""
     return {
+        **_driver_pythonpath(),
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": workdir,
         "TMPDIR": workdir,
@@ -559,14 +245,18 @@ def _read_head(stream: IO[bytes], limit: int) -> str:
     return stream.read(limit).decode("utf-8", errors="replace")
 
 
-def _read_record(stream: IO[bytes], nonce: str) -> tuple[str, str] | None:
-    """The driver's (kind, detail), or None when the child died before writing one."""
+def _read_record(stream: IO[bytes], nonce: str) -> tuple[bool, tuple[str, str] | None]:
+    """Whether the driver started, and its (kind, detail) or None when the child died first."""
     stream.seek(0)
+    started = False
     for line in stream.read(_STATUS_READ_BYTES).decode("utf-8", errors="replace").splitlines():
         parts = line.split("\t", 2)
         if len(parts) == 3 and parts[0] == nonce:
-            return parts[1], parts[2]
-    return None
+            if parts[1] == STARTED:
+                started = True
+            else:
+                return started, (parts[1], parts[2])
+    return started, None
 
 
 def _last_line(text: str) -> str:
@@ -632,21 +322,20 @@ def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxResult:
     ):
         # Unnamed temporary files (not inside the sandbox directory) so the code cannot
         # reach our copies of its output or its verdict by path.
-        header = " ".join(
-            [
-                nonce,
-                os.fsencode(wd).hex(),
-                str(status.fileno()),
-                str(limits.memory_mb * 2**20),
-                str(cpu_s),
-                str(fsize),
-                str(_NOFILE),
-            ]
+        request = encode_request(
+            nonce,
+            wd,
+            status.fileno(),
+            limits.memory_mb * 2**20,
+            cpu_s,
+            fsize,
+            _NOFILE,
+            code,
         )
-        stdin.write(header.encode("ascii") + b"\n" + code.encode("utf-8", "surrogatepass"))
+        stdin.write(request)
         stdin.flush()
         stdin.seek(0)
-        argv = [sys.executable, "-s", "-P", "-B", "-c", _DRIVER]
+        argv = [sys.executable, "-s", "-P", "-B", "-m", DRIVER_MODULE]
         try:
             returncode, timed_out, duration = _run_process(
                 argv,
@@ -666,7 +355,13 @@ def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxResult:
         err = _read_head(stderr, limits.max_output_bytes)
         stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 4096))
         tail = stderr.read().decode("utf-8", errors="replace")
-        record = _read_record(status, nonce)
+        started, record = _read_record(status, nonce)
+    if not started and not timed_out:
+        # Nothing of the sample ran: the driver itself could not start (e.g. not importable).
+        raise SandboxError(
+            f"the sandbox driver did not start ({sys.executable} -m {DRIVER_MODULE}, exit code "
+            f"{returncode}): {_last_line(tail) or 'no output'}"
+        )
     status_name, detail = _classify(record, returncode, timed_out, tail, limits)
     return SandboxResult(
         status=status_name,

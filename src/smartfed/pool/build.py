@@ -26,17 +26,10 @@ from tqdm.auto import tqdm
 
 from smartfed import __version__
 from smartfed.errors import ConfigError
-from smartfed.pool.registry import PoolEntry, add_manifest_entry
+from smartfed.pool.registry import PoolEntry, add_manifest_entry, user_manifest_path
 from smartfed.utils.io import write_dir_atomic, write_json_atomic
 
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def user_manifest_path() -> Path:
-    """The user's own manifest, read by every registry: ``$SMARTFED_CACHE/pool/manifest.json``."""
-    from smartfed.models.loading import cache_root
-
-    return cache_root() / "pool" / "manifest.json"
 
 
 @dataclass

@@ -86,22 +86,6 @@ class LoraPool:
     def num_parameters(self) -> int:
         return sum(a.num_parameters for a in self.adapters)
 
-    def describe(self) -> list[dict]:
-        return [
-            {
-                "name": a.name,
-                "source": a.source,
-                "fingerprint": a.fingerprint()[:16],
-                "target_modules": a.target_modules,
-                "ranks": a.ranks,
-                "alphas": a.alphas,
-                "rslora": a.use_rslora,
-                "matrices": len(a.matrices),
-                "parameters": a.num_parameters,
-            }
-            for a in self.adapters
-        ]
-
 
 def _natural_key(name: str) -> list:
     # "layers.10" sorts after "layers.9", so matrices are listed in depth order.

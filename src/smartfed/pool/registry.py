@@ -13,7 +13,11 @@ A manifest is a JSON file::
 
 The package ships one manifest (``smartfed/pool/manifest.json``) for the seed's names. Users add
 their own with ``--pool_manifest FILE`` or ``$SMARTFED_POOL_MANIFEST``; their entries override the
-built-in ones of the same name.
+built-in ones of the same name. ``smartfed pool build`` registers what it builds in the user's
+manifest (:func:`user_manifest_path`), which every registry reads.
+
+This module only reads and writes manifests; it never imports the trainer
+(:mod:`smartfed.pool.build`), which imports it.
 """
 
 from __future__ import annotations
@@ -119,6 +123,13 @@ def _parse_manifest(path: Path) -> dict[str, PoolEntry]:
     return entries
 
 
+def user_manifest_path() -> Path:
+    """The user's own manifest, read by every registry: ``$SMARTFED_CACHE/pool/manifest.json``."""
+    from smartfed.models.loading import cache_root
+
+    return cache_root() / "pool" / "manifest.json"
+
+
 class PoolRegistry:
     """Short pool names → ``PoolEntry``, merged from the built-in and user manifests."""
 
@@ -131,8 +142,6 @@ class PoolRegistry:
     @classmethod
     def default(cls, extra_manifest: str | Path | None = None) -> PoolRegistry:
         """Built-in manifest, then the user's (``smartfed pool build`` default), then env, flag."""
-        from smartfed.pool.build import user_manifest_path
-
         manifests = [BUILTIN_MANIFEST]
         if user_manifest_path().is_file():
             manifests.append(user_manifest_path())
