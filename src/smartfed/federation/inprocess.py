@@ -6,6 +6,7 @@ so this is the smallest Grid that delivers messages to a ``ClientApp`` object di
 message goes through Flower's own serialisation (deflate + inflate) on the way down and up, so
 clients get private copies, exactly as over the wire, and the apps are the same ones that run
 on SuperLink + SuperNodes. A ClientApp that raises becomes an error reply, as a SuperNode does.
+What a SuperLink does that Flower does not export goes through :mod:`.flower_compat`.
 """
 
 from __future__ import annotations
@@ -14,29 +15,19 @@ import logging
 import time
 import traceback
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
-from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+from smartfed.federation import flower_compat
+
+if TYPE_CHECKING:
+    from smartfed.federation.flower_compat import Run
 
 log = logging.getLogger(__name__)
-
-
-def _wire_copy(message: Message) -> Message:
-    """Serialise and deserialise ``message`` as Flower's transport does."""
-    objects = get_all_nested_objects(message)
-    contents = {object_id: obj.deflate() for object_id, obj in objects.items()}
-    copy = inflate_object_from_contents(message.object_id, contents)
-    # The message id is transport metadata, assigned by the SuperLink, not part of the payload.
-    copy.metadata.__dict__["_message_id"] = message.metadata.message_id
-    return copy
 
 
 class InProcessGrid(Grid):
@@ -47,10 +38,11 @@ class InProcessGrid(Grid):
         run_config: dict[str, Any],
         run_id: int = 1,
     ):
+        flower_compat.check_flower_version()  # before any use of Flower internals
         self.client_app = client_app
-        self._run = Run.create_empty(run_id)
-        self._run.override_config = dict(run_config)
-        self.node_ids = list(range(1, num_nodes + 1))  # 0 is the SuperLink's own id
+        self._run = flower_compat.new_run(run_id, run_config)
+        # Node ids 1..N: the sampling draws from them, so they are part of a run's record.
+        self.node_ids = list(range(1, num_nodes + 1))
         self.contexts = {
             node_id: Context(
                 run_id=run_id,
@@ -62,18 +54,7 @@ class InProcessGrid(Grid):
             for index, node_id in enumerate(self.node_ids)
         }
         self._replies: dict[str, Message] = {}
-        # Flower's Message constructor reads the sender's identity from TaskIdentity.
-        TaskIdentity.task_id, TaskIdentity.run_id = 1, run_id
-        TaskIdentity.node_id = SUPERLINK_NODE_ID
-
-    def server_context(self) -> Context:
-        return Context(
-            run_id=self._run.run_id,
-            node_id=SUPERLINK_NODE_ID,
-            node_config={},
-            state=RecordDict(),
-            run_config=dict(self._run.override_config),
-        )
+        flower_compat.act_as_superlink(run_id)
 
     # ------------------------------------------------------------------ Grid API
     def set_run(self, run: Run) -> None:
@@ -99,23 +80,18 @@ class InProcessGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
-            message.metadata.__dict__["_message_id"] = uuid4().hex
-            message.metadata.__dict__["_created_at"] = time.time()
-            instruction = _wire_copy(message)
+            flower_compat.set_message_id(message, uuid4().hex)
+            message.metadata.created_at = time.time()
+            instruction = flower_compat.wire_copy(message)
             context = self.contexts[message.metadata.dst_node_id]
             try:
                 reply = self.client_app(instruction, context)
             except Exception as exc:
                 log.debug("client %s raised:\n%s", context.node_id, traceback.format_exc())
-                reply = Message(
-                    Error(
-                        code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
-                        reason=f"{type(exc).__name__}: {exc}",
-                    ),
-                    reply_to=instruction,
-                )
-            reply.metadata.__dict__["_message_id"] = uuid4().hex
-            reply = _wire_copy(reply)
+                error = flower_compat.client_app_error(f"{type(exc).__name__}: {exc}")
+                reply = Message(error, reply_to=instruction)
+            flower_compat.set_message_id(reply, uuid4().hex)
+            reply = flower_compat.wire_copy(reply)
             self._replies[message.metadata.message_id] = reply
             ids.append(message.metadata.message_id)
         return ids

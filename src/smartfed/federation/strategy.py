@@ -11,7 +11,9 @@ On top of FedAvg it
 - where the method evaluates on clients (FedSA-LoRA's personalised models), runs Flower's
   evaluate round on the clients that trained, with the new global state, and keeps the
   token-weighted loss;
-- counts the bytes of every record it sends and receives.
+- counts the bytes of every record it sends and receives;
+- hands each finished round's :class:`RoundReport` and new global state to ``on_round_end``
+  (the ServerApp evaluates and records it), where Flower's central evaluation would run.
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common import MessageType
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from smartfed.engine.evaluation import loss_metrics
 from smartfed.engine.method import ServerLogic
+from smartfed.engine.recorder import RoundReport
 from smartfed.engine.training import is_finite_update
 from smartfed.errors import SmartFedError
 
@@ -44,21 +46,8 @@ def record_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in content.values())
 
 
-@dataclass
-class RoundReport:
-    """What the server learned in one round; read by the ServerApp to log and checkpoint."""
-
-    server_round: int
-    sampled: list[int] = field(default_factory=list)
-    dropped: dict[int, str] = field(default_factory=dict)
-    bytes_down: int = 0
-    bytes_up: int = 0
-    train_loss: float | None = None
-    step_time_s: float | None = None
-    round_config: dict = field(default_factory=dict)  # the method's round config it used
-    client_eval: dict[str, float] | None = None  # clients' own evaluation, if the method has one
-    bytes_eval: int = 0  # that evaluation's traffic (not training communication)
-    started: float = field(default_factory=time.time)
+#: Called once per finished round with its report and the new global state.
+RoundEndCallback = Callable[[RoundReport, dict[str, torch.Tensor]], None]
 
 
 class SmartFedStrategy(FedAvg):
@@ -70,6 +59,7 @@ class SmartFedStrategy(FedAvg):
         min_replies: int,
         server_logic: ServerLogic,
         seed: int,
+        on_round_end: RoundEndCallback,
         round_offset: int = 0,
         node_wait_s: float = 600.0,
         client_eval_rounds: Callable[[int], bool] | None = None,
@@ -97,7 +87,21 @@ class SmartFedStrategy(FedAvg):
         self.node_wait_s = node_wait_s
         # Rounds (absolute) in which clients evaluate their own models; None: never.
         self.client_eval_rounds = client_eval_rounds
-        self.reports: dict[int, RoundReport] = {}
+        self.on_round_end = on_round_end
+        self._report: RoundReport | None = None  # the round in progress
+
+    def run(
+        self, grid: Grid, global_state: dict[str, torch.Tensor], num_rounds: int
+    ) -> dict[str, torch.Tensor]:
+        """Run ``num_rounds`` rounds from ``global_state``; return the final global state."""
+        result = self.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(global_state),
+            num_rounds=num_rounds,
+            train_config=ConfigRecord({}),
+            evaluate_fn=self._round_ended,
+        )
+        return result.arrays.to_torch_state_dict() if result.arrays else global_state
 
     def absolute_round(self, server_round: int) -> int:
         """Flower counts rounds from 1 in every ``start``; a resumed run continues the count."""
@@ -129,7 +133,7 @@ class SmartFedStrategy(FedAvg):
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         report = RoundReport(server_round=absolute, sampled=chosen, round_config=extra)
         report.bytes_down = record_bytes(content) * len(chosen)
-        self.reports[absolute] = report
+        self._report = report
         return [
             Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
             for node in chosen
@@ -140,7 +144,7 @@ class SmartFedStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         absolute = self.absolute_round(server_round)
-        report = self.reports[absolute]
+        report = self._current(absolute)
         replies = list(replies)
         usable: list[Message] = []
         for reply in replies:
@@ -185,7 +189,7 @@ class SmartFedStrategy(FedAvg):
         absolute = self.absolute_round(server_round)
         if self.client_eval_rounds is None or not self.client_eval_rounds(absolute):
             return []
-        report = self.reports[absolute]
+        report = self._current(absolute)
         nodes = [node for node in report.sampled if node not in report.dropped]
         config = ConfigRecord({**report.round_config, "server-round": absolute})
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -199,7 +203,7 @@ class SmartFedStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         absolute = self.absolute_round(server_round)
-        report = self.reports[absolute]
+        report = self._current(absolute)
         loss_sum, tokens = 0.0, 0
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -218,6 +222,22 @@ class SmartFedStrategy(FedAvg):
             return None
         report.client_eval = loss_metrics(loss_sum, tokens)
         return MetricRecord({k: report.client_eval[k] for k in ("eval_loss", "eval_ppl")})
+
+    # ------------------------------------------------------------------ end of round
+    def _round_ended(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower's central-evaluation hook: called before the first round (nothing to hand
+        over: the ServerApp evaluates round 0 itself) and after each round, with its result."""
+        if server_round == 0:
+            return None
+        report = self._current(self.absolute_round(server_round))
+        self._report = None
+        self.on_round_end(report, arrays.to_torch_state_dict())
+        return None
+
+    def _current(self, absolute: int) -> RoundReport:
+        report = self._report
+        assert report is not None and report.server_round == absolute, (absolute, report)
+        return report
 
     def _unusable(self, reply: Message) -> str | None:
         content = reply.content

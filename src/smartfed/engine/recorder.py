@@ -1,0 +1,336 @@
+"""The server's record of a run: metrics rows, totals, energy, checkpoints, final model, summary.
+
+The ServerApp runs the rounds; a :class:`RunRecorder` writes down what they did, in the run
+directory (:mod:`smartfed.engine.rundir`). Typical use, as in ``run_server``::
+
+    resumed = load_resume_state(config)       # None for a new run; refuses to overwrite one
+    recorder = RunRecorder(config, method, resumed, model_name=..., partitions=...)
+    with recorder.measuring_energy():
+        recorder.record_initial_eval(...)     # round 0, once per run
+        for each finished round:
+            recorder.record_round(report, global_state, evaluation)
+    summary = recorder.finish(final_state, ...)  # final/, usage.json, summary.json
+
+Crash safety: a round's metrics row is written before the checkpoint that makes it official,
+and a resumed run drops every row newer than its last checkpoint (a round that did not finish
+is replayed in full). Energy that could not be measured is ``None``, never 0: once one reading
+is missing, the run's total is unknown.
+
+No Flower here: the strategy hands over one :class:`RoundReport` per finished round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from smartfed import __version__
+from smartfed.engine.rundir import RunDirectory, ServerState
+from smartfed.errors import ConfigError
+from smartfed.telemetry import EnergyMeter
+from smartfed.utils.io import write_dir_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+    from smartfed.engine.config import RunConfig
+    from smartfed.engine.method import FederatedMethod
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundReport:
+    """What the server learned in one round; the strategy hands it over when the round ends."""
+
+    server_round: int  # absolute: a resumed run continues the count
+    sampled: list[int] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)
+    bytes_down: int = 0
+    bytes_up: int = 0
+    train_loss: float | None = None
+    step_time_s: float | None = None
+    round_config: dict = field(default_factory=dict)  # the method's round config it used
+    client_eval: dict[str, float] | None = None  # clients' own evaluation, if the method has one
+    bytes_eval: int = 0  # that evaluation's traffic (not training communication)
+    started: float = field(default_factory=time.time)
+
+
+def load_resume_state(config: RunConfig) -> ServerState | None:
+    """The last complete checkpoint in ``config.output_dir``, or None for a new run.
+
+    A run directory that already holds a run is continued only with ``--resume``.
+    """
+    run_dir = RunDirectory(config.output_dir)
+    state = run_dir.latest_checkpoint()
+    if state is not None and not config.resume:
+        raise ConfigError(
+            f"{run_dir.path} already holds a run (checkpoint of round {state.round}); continue "
+            f"it with --resume {run_dir.path} or choose another --output_dir"
+        )
+    if state is not None and state.round >= config.num_rounds:
+        log.info("run in %s is already complete (%d rounds)", run_dir.path, state.round)
+    return state
+
+
+class RunRecorder:
+    """Writes one run's directory while the server runs it (see the module docstring).
+
+    Opening a recorder writes config.json and partitions.json and cuts metrics.jsonl back to
+    the last checkpoint.
+
+    Args:
+        config: the run's configuration (only shared settings are read).
+        method: the run's method; its server logic is built here (and restored on resume), and
+            its final model is saved by :meth:`finish`.
+        resumed: the checkpoint to continue from (:func:`load_resume_state`), or None.
+        model_name: the base model's display name, for summary.json.
+        partitions: per-client partition statistics, for partitions.json.
+        energy_meter: defaults to CodeCarbon's, carrying on from the checkpointed total.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        method: FederatedMethod,
+        resumed: ServerState | None = None,
+        *,
+        model_name: str,
+        partitions: list[dict[str, Any]],
+        energy_meter: EnergyMeter | None = None,
+    ):
+        self.config = config
+        self.method = method
+        self.model_name = model_name
+        self.run_dir = RunDirectory(config.output_dir)
+        self.resumed = resumed is not None
+        self.rounds_done = resumed.round if resumed else 0
+        self._write_setup(partitions)
+        # Metrics rows past the last complete checkpoint belong to a round that did not finish.
+        self.rows = [
+            r for r in self.run_dir.read_metrics() if r.get("round", 0) <= self.rounds_done
+        ]
+        self.run_dir.write_metrics(self.rows)
+        self.totals: dict[str, Any] = dict(resumed.totals) if resumed else {}
+        self.server_logic = method.server_logic(config)  # may refuse the config: no round ran
+        if resumed:
+            self.server_logic.load_state_dict(resumed.server_logic)
+        if energy_meter is None:
+            energy_meter = EnergyMeter(
+                country_iso_code=config.energy_country,
+                offset_kwh=float(self.totals.get("energy_kwh", 0.0)),
+            )
+        self.meter = energy_meter
+        self.energy_total: float | None = None  # the meter's reading at the end of the rounds
+
+    def _write_setup(self, partitions: list[dict[str, Any]]) -> None:
+        config = self.config
+        self.run_dir.write_json(
+            "config.json", {**config.to_dict(), "smartfed_version": __version__}
+        )
+        self.run_dir.write_json(
+            "partitions.json", {"scheme": config.partition, "clients": partitions}
+        )
+        if not self.resumed:
+            sizes = [row["size"] for row in partitions]
+            log.info("partition %s: %d clients, sizes %s", config.partition, len(sizes), sizes)
+
+    # ------------------------------------------------------------------ the plan
+    @property
+    def rounds_left(self) -> int:
+        """Rounds still to run; a method that does not train (static merging) has none."""
+        return self.config.num_rounds - self.rounds_done if self.method.trains else 0
+
+    def is_eval_round(self, server_round: int) -> bool:
+        """Evaluated: every ``eval_every`` rounds and the last one (never with eval_samples 0)."""
+        config = self.config
+        return bool(config.eval_samples) and (
+            server_round % config.eval_every == 0 or server_round == config.num_rounds
+        )
+
+    def evaluates_on_server(self, server_round: int) -> bool:
+        """Whether the server evaluates the global state after this round (else the clients
+        do, for methods that evaluate on clients, or nobody)."""
+        return self.is_eval_round(server_round) and not self.method.evaluates_on_clients
+
+    @property
+    def needs_initial_eval(self) -> bool:
+        """Round 0 is evaluated once per run, also when a run is resumed before round 1 ends."""
+        return (
+            self.rounds_done == 0
+            and bool(self.config.eval_samples)
+            and "initial_eval" not in self.totals
+        )
+
+    # ------------------------------------------------------------------ recording
+    @contextmanager
+    def measuring_energy(self) -> Iterator[EnergyMeter]:
+        """Energy is metered inside this block; the meter stops also when a round fails
+        (CodeCarbon's timers would otherwise outlive the run)."""
+        self.meter.start()
+        try:
+            yield self.meter
+        finally:
+            self.energy_total = self.meter.stop()
+
+    def record_initial_eval(self, evaluation: dict[str, Any]) -> None:
+        self.totals["initial_eval"] = _eval_row(evaluation)
+        log.info(
+            "round 0: eval loss %.4f", self.totals["initial_eval"].get("eval_loss", float("nan"))
+        )
+
+    def record_round(
+        self,
+        report: RoundReport,
+        global_state: dict[str, torch.Tensor],
+        evaluation: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write a finished round: its metrics row, then the checkpoint; print its line.
+
+        ``evaluation`` is the server's evaluation of ``global_state`` (on the rounds where
+        :meth:`evaluates_on_server`); methods that evaluate on clients bring theirs in the
+        report. Returns the row.
+        """
+        absolute = report.server_round
+        row: dict[str, Any] = {
+            "round": absolute,
+            "train_loss": report.train_loss,
+            "bytes_down": report.bytes_down,
+            "bytes_up": report.bytes_up,
+            "sampled_clients": report.sampled,
+            "dropped_clients": {str(k): v for k, v in report.dropped.items()},
+            "step_time_s": report.step_time_s,
+            **self.server_logic.round_fields(report.round_config),
+        }
+        if self.is_eval_round(absolute) and self.method.evaluates_on_clients:
+            row.update(_eval_row(report.client_eval or {}))
+            row["bytes_eval"] = report.bytes_eval  # evaluation traffic, not in bytes_up/down
+        elif evaluation is not None:
+            row.update(_eval_row(evaluation))
+        row["energy_kwh"] = self.meter.cumulative_kwh()
+        row["wall_s"] = time.time() - report.started
+        totals = self.totals
+        for key in ("bytes_down", "bytes_up", "wall_s"):
+            totals[key] = totals.get(key, 0) + row[key]
+        if row["energy_kwh"] is None:  # unmeasured is not 0 kWh: the whole run's total is unknown
+            totals["energy_unavailable"] = True
+        else:
+            totals["energy_kwh"] = row["energy_kwh"]
+        totals["last_round_config"] = report.round_config
+        state = ServerState(
+            round=absolute,
+            global_state=global_state,
+            server_logic=self.server_logic.state_dict(),
+            totals=totals,
+            rng=ServerState.capture_rng(),
+        )
+        # Order matters for crash safety: metrics first, then the checkpoint that makes them
+        # official (a resume drops metrics rows newer than the last checkpoint).
+        self.rows.append(row)
+        self.run_dir.write_metrics(self.rows)
+        self.run_dir.save_checkpoint(state)
+        self.rounds_done = absolute
+        print_round(row, self.config.num_rounds)
+        return row
+
+    def finish(
+        self,
+        final_state: dict[str, torch.Tensor],
+        *,
+        usage_batches: Iterable[dict[str, torch.Tensor]] | None = None,
+        final_metric: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> dict[str, Any]:
+        """Load the final state; write final/, usage.json and summary.json; return the summary.
+
+        ``usage_batches`` are what routing usage is measured on (the held-out batches);
+        ``final_metric`` scores the task benchmark on the final model (methods with a global
+        model only), after final/ is saved.
+        """
+        method = self.method
+        method.load_global_state(final_state)
+        method.apply_round_config(
+            self.totals.get("last_round_config") or self.server_logic.round_config()
+        )
+        extra: dict[str, Any] = {}
+        if method.has_global_model:
+            write_dir_atomic(self.run_dir.final, method.save_final)
+            usage = method.routing_usage(usage_batches) if usage_batches else None
+            if usage:
+                self.run_dir.write_json("usage.json", {"method": method.name, "matrices": usage})
+            extra["final_metric"] = final_metric() if final_metric else None
+        summary = {**self.summary(), **extra}
+        self.run_dir.write_json("summary.json", summary)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json's totals (without the task benchmark, which :meth:`finish` adds)."""
+        rows, totals, method = self.rows, self.totals, self.method
+        evaluated = [r for r in rows if "eval_loss" in r]
+        initial = totals.get("initial_eval")
+        # A method without rounds (static merging) is final as it starts.
+        final_eval = None
+        if evaluated:
+            final_eval = {k: evaluated[-1][k] for k in ("round", "eval_loss", "eval_ppl")}
+        elif initial and not rows:
+            final_eval = {"round": 0, **{k: initial[k] for k in ("eval_loss", "eval_ppl")}}
+        if totals.get("energy_unavailable"):
+            energy = None
+        else:
+            energy = (
+                self.energy_total if self.energy_total is not None else totals.get("energy_kwh")
+            )
+        return {
+            "method": method.name,
+            "rounds": len(rows),
+            "bytes_down": int(totals.get("bytes_down", 0)),
+            "bytes_up": int(totals.get("bytes_up", 0)),
+            "wall_s": float(totals.get("wall_s", 0.0)),
+            "energy_kwh": energy,
+            "energy_method": self.meter.method,
+            "initial_eval": initial,
+            "final_eval": final_eval,
+            "final_train_loss": rows[-1]["train_loss"] if rows else None,
+            "mean_step_time_s": float(np.mean([r["step_time_s"] for r in rows])) if rows else None,
+            "trainable_parameters": method.num_trainable_parameters(),
+            "communicated_parameters": sum(t.numel() for t in method.global_state().values()),
+            "lora_equivalent_parameters": method.pool.num_parameters,
+            "final_state": method.describe_final() if method.has_global_model else None,
+            "pool": method.pool.names,
+            "pool_fingerprint": method.pool.fingerprint(),
+            "model": self.model_name,
+            "final_dir": str(self.run_dir.final) if method.has_global_model else None,
+        }
+
+
+def _eval_row(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "eval_loss_sum"}
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def print_round(row: dict[str, Any], num_rounds: int) -> None:
+    """The one line per round a run prints."""
+    parts = [
+        f"round {row['round']}/{num_rounds}",
+        f"loss {row['train_loss']:.4f}",
+    ]
+    if "eval_loss" in row:
+        parts.append(f"eval {row['eval_loss']:.4f}")
+    parts += [
+        f"down {_mib(row['bytes_down'])}",
+        f"up {_mib(row['bytes_up'])}",
+        f"{row['wall_s']:.1f} s",
+    ]
+    if row.get("quotas"):
+        parts.append(f"K {min(row['quotas'])}-{max(row['quotas'])}")
+    if row["dropped_clients"]:
+        parts.append(f"dropped {len(row['dropped_clients'])}")
+    print(" | ".join(parts), flush=True)
