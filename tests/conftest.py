@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny random LLaMA and real PEFT LoRA adapters saved to disk."""
+"""Shared fixtures: a tiny random LLaMA, real PEFT LoRA adapters saved to disk, and a tiny
+federated setup (tiny model folder, two adapters, a tiny JSONL task) for runs and benches."""
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +12,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from smartfed.assembly.config import SettingValues
+from smartfed.engine.config import RunConfig
 
 TINY = dict(
     vocab_size=272,  # 256 byte tokens + specials of the tiny tokenizer
@@ -120,3 +126,49 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     make_tiny_llama().save_pretrained(out)
     make_tiny_tokenizer().save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("tiny_arith")
+    rng = random.Random(0)
+    for split, count in (("train", 48), ("test", 8)):
+        with (folder / f"{split}.jsonl").open("w") as handle:
+            for _ in range(count):
+                a, b = rng.randint(0, 9), rng.randint(0, 9)
+                row = {"prompt": f"{a}+{b}=", "response": str(a + b), "bucket": (a + b) % 3}
+                handle.write(json.dumps(row) + "\n")
+    return str(Path(folder) / "{split}.jsonl")
+
+
+@pytest.fixture
+def tiny_run_config(tiny_task, tiny_model_dir, make_adapter, tmp_path):
+    pool = ",".join(
+        str(make_adapter(name, r=4, alpha=8, seed=i)) for i, name in enumerate(("pa", "pb"))
+    )
+
+    def factory(**overrides) -> RunConfig:
+        base = dict(
+            model_name_or_path=str(tiny_model_dir),
+            lora_pool=pool,
+            task=tiny_task,
+            num_clients=4,
+            sample_clients=2,
+            num_rounds=3,
+            local_steps=2,
+            batch_size=4,
+            learning_rate=5e-2,
+            max_seq_len=64,
+            topk_experts=3,
+            eval_samples=8,
+            eval_batch_size=4,
+            output_dir=str(tmp_path / "run"),
+        )
+        # The base values act like a preset (method settings apply where the method declares
+        # them); a test's overrides are explicit, as flags would be.
+        values = SettingValues()
+        values.add(base, "tiny_run_config", from_preset=True)
+        values.add(overrides, "test")
+        return values.config_for()
+
+    return factory

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smartfed.bench.variants import DEFAULT_METHODS
+from smartfed.bench.variants import default_methods
 from smartfed.cli.main import main
 
 
@@ -29,7 +29,7 @@ def test_smoke_bench_runs_every_method_with_table_and_plots(tiny_run_config, tmp
 
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == config.task and results["command"]
-    labels = [*DEFAULT_METHODS, "smartfed_data50"]
+    labels = [*default_methods(), "smartfed_data50"]
     assert list(results["methods"]) == labels
     keys = {
         "final_eval_loss", "metric", "bytes_up", "bytes_down", "comm_ratio_vs_fedit",
@@ -53,7 +53,7 @@ def test_smoke_bench_runs_every_method_with_table_and_plots(tiny_run_config, tmp
     # Every entry shares the task, data split and seed; only the method settings differ.
     partitions = {
         label: json.loads((out / label / "partitions.json").read_text())
-        for label in DEFAULT_METHODS
+        for label in default_methods()
     }
     assert len({json.dumps(p) for p in partitions.values()}) == 1
     sizes = [

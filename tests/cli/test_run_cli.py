@@ -24,7 +24,7 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
         (["--task", "nope"], "unknown task 'nope'"),
         (["--lora_pool", "no_such_module", "--task", "gsm8k"], "unknown pool module"),
         (["--num_clients", "2", "--sample_clients", "3"], "--sample_clients (3) must not exceed"),
-        (["--topk_experts", "0"], "--topk_experts must be an integer >= 1"),
+        (["--topk_experts", "0"], "--topk_experts must be >= 1"),
         (["--preset", "smoke", "--data_dir", "/no/such/dir"], "/no/such/dir"),
         (["--task", "cn_code"], "DoIT"),
         (["--config", "/no/such.toml"], "config file not found"),

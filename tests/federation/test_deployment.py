@@ -23,7 +23,9 @@ import psutil
 import pytest
 
 from smartfed.engine.config import RunConfig
-from smartfed.federation.settings import from_run_config
+from smartfed.federation.settings import from_run_config, to_run_config
+from smartfed.methods.fresh_lora import FreshLoraSettings
+from smartfed.methods.smartfed import SmartFedSettings
 
 APP_DIR = Path(__file__).resolve().parents[2] / "flower-app"
 BIN = Path(sys.executable).parent
@@ -32,36 +34,58 @@ RUN_TIMEOUT_S = 240.0
 
 
 def _declared() -> dict:
+    """The app's run config as Flower sees it (nested tables flattened to dotted keys)."""
+    from flwr.common.config import flatten_dict
+
     with (APP_DIR / "pyproject.toml").open("rb") as handle:
-        return tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
+        return flatten_dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
 
 
 # ---------------------------------------------------------------------------- fast checks
-def test_app_config_declares_every_setting_with_its_default():
+def test_app_config_is_generated_from_the_settings_and_current():
+    from smartfed.cli.generate_command import generated_pyproject
+
+    current = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
+    assert generated_pyproject(current) == current, "run `smartfed generate flower-app`"
     declared = _declared()
-    defaults = RunConfig().to_dict()
-    assert set(declared) == set(defaults) - NOT_DECLARED
-    for key, value in declared.items():
-        expected = "" if defaults[key] is None else defaults[key]
-        assert value == expected and type(value) is type(expected), key
-    assert from_run_config(declared) == RunConfig()
+    assert "num-rounds" in declared and "smartfed.topk-experts" in declared
+    assert "fedit.lora-rank" in declared and "topk-experts" not in declared
+    assert not NOT_DECLARED & set(declared)
+    assert from_run_config(declared) == RunConfig(settings=SmartFedSettings())
+    assert from_run_config({**declared, "method": "fedit"}).settings == FreshLoraSettings()
+
+
+def test_a_stale_app_config_fails_the_check(tmp_path, capsys):
+    from smartfed.cli.main import main
+
+    stale = tmp_path / "pyproject.toml"
+    text = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
+    stale.write_text(text.replace("num-rounds = 20", "num-rounds = 21"), encoding="utf-8")
+    assert main(["generate", "flower-app", "--path", str(stale), "--check"]) == 1
+    assert "is stale" in capsys.readouterr().err
 
 
 def test_command_line_overrides_parse_like_flwr_run(tmp_path):
     from flwr.common.config import fuse_dicts, parse_config_args
 
     overrides = parse_config_args(
-        ["num_rounds=3 lora_pool='a,b' learning_rate=1 enable_eeqa=false", 'data_dir="/d"']
+        [
+            "num-rounds=3 lora-pool='a,b' smartfed.learning-rate=1 smartfed.enable-eeqa=false",
+            'data-dir="/d"',
+        ]
     )
     config = from_run_config(fuse_dicts(_declared(), overrides))
     assert (config.num_rounds, config.lora_pool, config.data_dir) == (3, "a,b", "/d")
-    assert config.learning_rate == 1.0 and config.enable_eeqa is False
+    assert config.settings.learning_rate == 1.0 and config.settings.enable_eeqa is False
     assert config.pool_manifest is None  # "" stands for None
     # Keys must be declared in the app's config; flwr run refuses the others.
     with pytest.raises(ValueError, match="not present"):
-        fuse_dicts(_declared(), parse_config_args(["num_round=3"]))
-    # -c FILE.toml: the same overrides from a file of top-level keys.
-    (tmp_path / "run.toml").write_text("num_rounds = 4\ntask = 'gsm8k'\n")
+        fuse_dicts(_declared(), parse_config_args(["num-round=3"]))
+    # Another method's namespace does not leak into this run.
+    other = from_run_config(fuse_dicts(_declared(), parse_config_args(["fedit.lora-rank=2"])))
+    assert other.method == "smartfed" and not hasattr(other.settings, "lora_rank")
+    # -c FILE.toml: the same overrides from a file.
+    (tmp_path / "run.toml").write_text("num-rounds = 4\ntask = 'gsm8k'\n")
     config = from_run_config(
         fuse_dicts(_declared(), parse_config_args([str(tmp_path / "run.toml")]))
     )
@@ -188,11 +212,11 @@ def test_two_rounds_on_a_real_superlink_and_two_supernodes(tiny_run_config, tmp_
         num_clients=2, sample_clients=2, num_rounds=2, eval_samples=4, output_dir=str(run_dir)
     )
     declared = _declared()
-    values = config.to_dict()
+    values = to_run_config(config)
     overrides = " ".join(
-        f"{key}={_toml_value(values[key])}"
-        for key in declared
-        if values[key] != (declared[key] if declared[key] != "" else None)
+        f"{key}={_toml_value(value)}"
+        for key, value in values.items()
+        if key in declared and value != declared[key]
     )
 
     work = tmp_path / "flower"

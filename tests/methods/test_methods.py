@@ -10,6 +10,7 @@ import torch
 
 from smartfed.assembly.runtime import Runtime
 from smartfed.engine.training import client_seed, train_local
+from smartfed.errors import ConfigError
 from smartfed.federation.runner import run_federated
 from smartfed.methods import get_method, method_names
 
@@ -202,19 +203,23 @@ def test_eval_of_a_fedsa_run_says_there_is_no_global_model(tiny_run_config):
         load_eval_target(run_dir=config.output_dir)
 
 
-def test_lorahub_trains_at_its_own_learning_rate(tiny_run_config, tmp_path):
-    """LoRAHub's clients use --lorahub_learning_rate; --learning_rate does not touch it."""
+def test_lorahub_trains_at_its_learning_rate_setting(tiny_run_config, tmp_path):
+    """LoRAHub's rate is its own `learning_rate` setting (default 5e-2, not the routers')."""
+    from smartfed.methods.pool_mixing import LoraHubSettings
+
+    assert LoraHubSettings().learning_rate == 5e-2
 
     def weights(**overrides) -> dict:
         out = str(tmp_path / "_".join(f"{k}{v}" for k, v in overrides.items()))
         config = tiny_run_config(method="lorahub", num_rounds=1, output_dir=out, **overrides)
         return run_federated(config)["final_state"]["module_weights"]
 
-    slow = weights(lorahub_learning_rate=1e-4)
-    fast = weights(lorahub_learning_rate=1e-1)
+    slow = weights(learning_rate=1e-4)
+    fast = weights(learning_rate=1e-1)
     moved = lambda w: max(abs(v - 0.5) for v in w.values())  # noqa: E731  (start: 1/N = 0.5)
     assert moved(fast) > 10 * moved(slow) > 0
-    assert weights(lorahub_learning_rate=1e-1, learning_rate=1e-6) == fast
+    with pytest.raises(ConfigError, match="unknown setting 'lorahub_learning_rate'"):
+        tiny_run_config(method="lorahub", lorahub_learning_rate=1e-1)
 
 
 def test_server_settings_follow_the_run_not_the_cached_model(tiny_run_config, tmp_path):
@@ -276,7 +281,7 @@ def test_fresh_lora_adapts_every_matrix_the_pool_adapts(tiny_run_config, make_ad
     first = make_adapter("qv", targets=("q_proj", "v_proj"), use_rslora=True)
     second = make_adapter("kv", targets=("k_proj", "v_proj"))
     config = tiny_run_config(method="fedit", lora_pool=f"{first},{second}")
-    lora = fresh_lora_config(load_pool(config.pool_items), config)
+    lora = fresh_lora_config(load_pool(config.pool_items), config.settings)
     assert sorted(lora.target_modules) == ["k_proj", "q_proj", "v_proj"]
     assert lora.use_rslora  # the first module's scaling convention
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from smartfed.assembly.config import config_from_dict
 from smartfed.data import BatchStream, encode_example, load_examples, partition_examples
 from smartfed.data.formatting import collate
 from smartfed.data.tasks import get_task
-from smartfed.engine.config import RunConfig, config_from_dict
+from smartfed.engine.config import RunConfig
 from smartfed.engine.method import FederatedMethod
 from smartfed.engine.rundir import RunDirectory
 from smartfed.engine.training import client_seed, seed_everything

@@ -12,10 +12,10 @@ checkpoint, so rerunning the same command after a crash completes the bench.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from smartfed.assembly.config import SettingValues
 from smartfed.bench.results import bench_results, read_run, results_markdown
 from smartfed.bench.variants import BenchEntry
 from smartfed.engine.config import RunConfig
@@ -27,7 +27,7 @@ _PER_ENTRY = {"method", "output_dir", "resume", "preset"}
 
 
 def shared_settings(config: RunConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_dict().items() if k not in _PER_ENTRY}
+    return {k: v for k, v in config.shared_dict().items() if k not in _PER_ENTRY}
 
 
 def _check_same_bench(path: Path, record: dict[str, Any]) -> None:
@@ -52,15 +52,20 @@ def _check_same_bench(path: Path, record: dict[str, Any]) -> None:
 
 
 def run_bench(
-    base: RunConfig, entries: list[BenchEntry], bench_dir: str | Path, command: str
+    values: SettingValues, entries: list[BenchEntry], bench_dir: str | Path, command: str
 ) -> dict[str, Any]:
-    """Run every entry (skipping finished ones), then write results.json and results.md."""
+    """Run every entry (skipping finished ones), then write results.json and results.md.
+
+    ``values`` are the bench's settings; each entry's config takes the method settings its
+    method declares (:meth:`SettingValues.config_for`), then the entry's own overrides."""
     from smartfed.federation.runner import run_federated
 
     bench_dir = Path(bench_dir)
+    values.check_declared_by([e.method for e in entries])
+    base = values.config_for(entries[0].method, strict=False)
     record = {
         "command": command,
-        "settings": shared_settings(base),
+        "settings": {**shared_settings(base), "method_settings": values.method},
         "entries": [
             {"label": e.label, "method": e.method, "overrides": e.overrides} for e in entries
         ],
@@ -73,15 +78,8 @@ def run_bench(
             print(f"[{number}/{len(entries)}] {entry.label}: done, skipped", flush=True)
             continue
         resume = (run_dir / "checkpoints").is_dir()
-        config = replace(
-            base,
-            method=entry.method,
-            **entry.overrides,
-            output_dir=str(run_dir),
-            resume=resume,
-            preset=base.preset,
-        )
-        config.validate()
+        overrides = {**entry.overrides, "output_dir": str(run_dir), "resume": resume}
+        config = values.config_for(entry.method, overrides, strict=False)
         verb = "resuming" if resume else "running"
         print(f"[{number}/{len(entries)}] {entry.label}: {verb} ({entry.description})", flush=True)
         run_federated(config)

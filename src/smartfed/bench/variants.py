@@ -1,8 +1,9 @@
-"""What ``smartfed bench --methods`` accepts: registered methods and named ablations.
+"""What ``smartfed bench --methods`` accepts: registered methods and the ablations they declare.
 
 A bench entry is a label, the registered method it runs and the settings it changes. Every
 other setting is shared by all entries of one bench (same task, data, partition, seed, rounds
-and evaluation).
+and evaluation). Ablations belong to their method (``FederatedMethod.ablations``), so a new
+method brings its own without touching this file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smartfed.errors import ConfigError
+from smartfed.methods import get_method, method_names
+
+REFERENCE = "fedit"  # the method every ratio is taken against
 
 
 @dataclass(frozen=True)
@@ -21,33 +25,32 @@ class BenchEntry:
     description: str = ""
 
 
-ABLATIONS: dict[str, BenchEntry] = {
-    entry.label: entry
-    for entry in (
-        BenchEntry("smartfed_uniform", "smartfed", {"enable_eeqa": False}, "SmartFed, uniform K"),
-        BenchEntry("smartfed_dense", "smartfed", {"dense": True}, "SmartFed, all experts (K = M)"),
-        BenchEntry("smartfed_scale1", "smartfed", {"output_scale": "one"}, "SmartFed, c = 1"),
-    )
-}
-REFERENCE = "fedit"  # the method every ratio is taken against
-DEFAULT_METHODS = (
-    "fedit", "ffa_lora", "fedsa_lora", "merge", "lorahub", "mole", "smartfed",
-    "smartfed_uniform", "smartfed_dense", "smartfed_scale1",
-)  # fmt: skip
+def ablations() -> dict[str, BenchEntry]:
+    return {
+        ablation.label: BenchEntry(ablation.label, name, ablation.overrides, ablation.description)
+        for name in method_names()
+        for ablation in get_method(name).ablations
+    }
+
+
+def default_methods() -> list[str]:
+    """Every method that joins a default bench (knowledge-free first), then the ablations."""
+    chosen = [n for n in method_names() if get_method(n).in_default_bench]
+    chosen.sort(key=lambda n: get_method(n).reuses_pool)  # stable: registry order otherwise
+    return [*chosen, *(a.label for n in chosen for a in get_method(n).ablations)]
 
 
 def resolve_entries(names: list[str], data_fraction: float | None = None) -> list[BenchEntry]:
     """Bench entries for ``names``; with ``data_fraction``, add SmartFed on that share of data."""
-    from smartfed.methods import get_method, method_names
-
+    known_ablations = ablations()
     entries = []
     for name in names:
-        if name in ABLATIONS:
-            entries.append(ABLATIONS[name])
+        if name in known_ablations:
+            entries.append(known_ablations[name])
         elif name in method_names():
             entries.append(BenchEntry(name, name, {}, get_method(name).summary))
         else:
-            known = ", ".join([*method_names(), *ABLATIONS])
+            known = ", ".join([*method_names(), *known_ablations])
             raise ConfigError(f"--methods: unknown method '{name}'; known: {known}")
     if data_fraction is not None:
         if not 0 < data_fraction < 1:

@@ -7,7 +7,7 @@ import argparse
 import shlex
 import sys
 
-from smartfed.cli.run_command import _SWITCHES, add_run_arguments, check_inputs, config_from_args
+from smartfed.cli.run_command import add_run_arguments, check_inputs, given_settings, setting_flags
 from smartfed.errors import ConfigError
 
 
@@ -44,21 +44,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from smartfed.assembly.config import gather
     from smartfed.bench.runner import run_bench
-    from smartfed.bench.variants import DEFAULT_METHODS, resolve_entries
+    from smartfed.bench.variants import default_methods, resolve_entries
 
     if args.resume:
         raise ConfigError("smartfed bench resumes by itself: rerun the same command instead")
     if args.method:
         raise ConfigError("smartfed bench takes --methods (a list), not --method")
-    names = [m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",")]
+    names = [m.strip() for m in (args.methods or ",".join(default_methods())).split(",")]
     entries = resolve_entries([n for n in names if n], args.data_fraction)
     if args.output_dir is None:
         args.output_dir = f"runs/bench_{args.task or (args.preset or 'default')}"
-    base = config_from_args(args)
+    values = gather(preset=args.preset, config_file=args.config, overrides=given_settings(args))
+    values.check_declared_by([e.method for e in entries])
+    base = values.config_for(entries[0].method, strict=False)
     check_inputs(base)
     command = "smartfed " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
-    results = run_bench(base, entries, base.output_dir, command or _rebuild(args))
+    results = run_bench(values, entries, base.output_dir, command or _rebuild(args))
     if not args.no_report:
         from smartfed.report import write_report
 
@@ -81,9 +84,7 @@ def _rebuild(args: argparse.Namespace) -> str:
     for key in ("methods", "data_fraction", "preset", "config"):
         if getattr(args, key, None) is not None:
             parts += [f"--{key}", str(getattr(args, key))]
-    from smartfed.cli.run_command import _FLAGS
-
-    for key in (*_FLAGS, *_SWITCHES):
+    for key in setting_flags():
         value = getattr(args, key, None)
         if value is None or key == "method":
             continue
@@ -103,13 +104,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from smartfed.bench.variants import ABLATIONS
+    from smartfed.bench.variants import ablations
     from smartfed.methods import get_method, method_names
 
     for name in method_names():
         cls = get_method(name)
         kind = "reuse" if cls.reuses_pool else "fresh"
         print(f"{name:18s} [{kind}] {cls.summary}")
-    for label, entry in ABLATIONS.items():
+        defaults = cls.settings_class().to_dict()  # as they resolve with nothing given
+        settings = ", ".join(f"--{k} {'unset' if v is None else v}" for k, v in defaults.items())
+        print(f"{'':18s}   settings: {settings or 'none'}")
+    for label, entry in ablations().items():
         print(f"{label:18s} [bench] {entry.description} ({entry.method} {entry.overrides})")
+    from smartfed.tuners.routing import get_router, router_names
+
+    for name in router_names():
+        design = get_router(name)
+        reads = "x and expert projections z" if design.needs_experts else "x"
+        summary = (design.__doc__ or "").strip().splitlines()[0] if design.__doc__ else ""
+        print(f"{name:18s} [router] reads {reads}; {summary}")
     return 0

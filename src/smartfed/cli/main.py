@@ -15,10 +15,16 @@ import warnings
 from collections.abc import Sequence
 
 from smartfed import __version__
-from smartfed.cli import bench_commands, eval_command, pool_commands, run_command
+from smartfed.cli import (
+    bench_commands,
+    eval_command,
+    generate_command,
+    pool_commands,
+    run_command,
+)
 from smartfed.errors import SmartFedError
 
-COMMAND_MODULES = [pool_commands, run_command, eval_command, bench_commands]
+COMMAND_MODULES = [pool_commands, run_command, eval_command, bench_commands, generate_command]
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -63,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # loads $SMARTFED_PLUGINS: their flags join the parser
+    except SmartFedError as exc:
+        print(f"smartfed: error: {exc}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_CurrentStderr()])
     _quiet_third_party()

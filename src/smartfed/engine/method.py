@@ -19,17 +19,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from smartfed.engine.settings import MethodSettings
 from smartfed.errors import ConfigError
 from smartfed.pool import LoraPool
 
 if TYPE_CHECKING:
     from smartfed.engine.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A named variant of a method for `smartfed bench`: the settings it changes."""
+
+    label: str
+    overrides: dict[str, Any]
+    description: str
 
 
 class ServerLogic:
@@ -70,12 +81,16 @@ class FederatedMethod(ABC):
     trains: ClassVar[bool] = True  # False: no rounds, no communication (static merging)
     evaluates_on_clients: ClassVar[bool] = False  # personalised methods: clients report eval loss
     has_global_model: ClassVar[bool] = True  # False: no single model exists on the server
-    # The RunConfig field holding the clients' AdamW learning rate, read from the run's config
-    # (not self.config: a cached runtime may have been built under another run's rate).
-    learning_rate_setting: ClassVar[str] = "learning_rate"
+    # The method's own settings (flags, TOML keys, Flower keys are generated from its fields).
+    settings_class: ClassVar[type[MethodSettings]] = MethodSettings
+    # `smartfed bench`: whether the method runs in a default bench, and its named ablations
+    # (label -> (settings it changes, description)).
+    in_default_bench: ClassVar[bool] = True
+    ablations: ClassVar[tuple[Ablation, ...]] = ()
 
     def __init__(self, base_model: nn.Module, pool: LoraPool, config: RunConfig):
         self.config = config
+        self.settings = config.settings
         self.pool = pool
         self.model = self.build(base_model, pool, config)
         self.model.eval()

@@ -36,7 +36,7 @@ def train(msg: Message, context: Context) -> Message:
         local_state=kept.to_torch_state_dict() if kept else runtime.initial_local_state,
         round_config=dict(round_config),
         local_steps=config.local_steps,
-        learning_rate=getattr(config, method.learning_rate_setting),
+        learning_rate=config.settings.learning_rate,
         num_examples=len(runtime.encoded_partition(partition_id)),
         seed=client_seed(config.seed, server_round, partition_id),
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 from typing import Any
@@ -14,7 +13,7 @@ from smartfed.engine.config import RunConfig
 from smartfed.errors import ConfigError
 from smartfed.federation.inprocess import InProcessGrid
 from smartfed.federation.server_app import run_server
-from smartfed.federation.settings import CONFIG_ENV, to_run_config
+from smartfed.federation.settings import simulation_environment, to_run_config
 
 
 def quiet_flower() -> None:
@@ -54,7 +53,7 @@ def run_federated(
         from smartfed.federation.client_app import app as default_client_app
         from smartfed.federation.server_app import app as server_app
 
-        os.environ[CONFIG_ENV] = json.dumps(config.to_dict())
+        os.environ.update(simulation_environment(config))
         run_simulation(
             server_app=server_app,
             client_app=client_app or default_client_app,

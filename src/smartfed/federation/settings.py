@@ -1,9 +1,13 @@
-"""Carry a ``RunConfig`` through Flower's run config and node config.
+"""Carry a ``RunConfig`` through Flower's run config and node config as typed keys.
 
-In-process runs pass the whole resolved config as one JSON string (``smartfed-config``).
-Deployed runs may also set single keys (``flwr run -c "num_rounds=3"``) and each SuperNode may
-point at its own local copies with node config keys ``model-path``, ``data-dir`` and
-``pool-manifest``. Flower configs cannot hold ``None``: an empty string stands for it.
+Shared settings are top-level keys (``num-rounds = 20``); a method's settings live in its
+namespace (``smartfed.topk-experts = 32``, ``fedit.lora-rank = ""``), as Flower flattens the
+nested tables of ``flower-app/pyproject.toml``. That file declares every key of every built-in
+method with its default and is generated from the settings classes
+(:func:`flower_app_config_toml`; ``smartfed generate flower-app``). A run reads the shared keys
+and its method's namespace; other namespaces are the other methods' defaults. Flower configs
+cannot hold ``None``: an empty string stands for it. Each SuperNode may point at its own local
+copies with node config keys ``model-path``, ``data-dir`` and ``pool-manifest``.
 """
 
 from __future__ import annotations
@@ -13,38 +17,102 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from smartfed.engine.config import RunConfig, config_from_dict
+from smartfed.assembly.config import config_from_dict
+from smartfed.engine.config import RunConfig
+from smartfed.engine.settings import flower_key, from_flower_value, to_flower_value
+from smartfed.errors import ConfigError
+from smartfed.methods.registry import get_method, method_names
 
-CONFIG_KEY = "smartfed-config"
-# Flower's simulation entry point takes no run config; the runner passes it through this
-# variable instead (Ray workers inherit the environment).
+# Flower's run_simulation takes no run config (flwr 1.42 builds an empty one), so the simulation
+# engine passes the same typed keys through this variable (Ray workers inherit it).
 CONFIG_ENV = "SMARTFED_RUN_CONFIG"
 _NODE_OVERRIDES = {
     "model-path": "model_name_or_path",
     "data-dir": "data_dir",
     "pool-manifest": "pool_manifest",
 }
+# Meaningless to a deployed app (the engine is the deployment; a preset is resolved already).
+_NOT_DEPLOYED = ("engine", "preset")
+
+
+def _keys(values: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+    return {flower_key(k, namespace): to_flower_value(v) for k, v in values.items()}
 
 
 def to_run_config(config: RunConfig) -> dict[str, Any]:
-    return {CONFIG_KEY: json.dumps(config.to_dict())}
+    """The typed Flower keys of ``config``: shared keys plus the method's namespace."""
+    return {**_keys(config.shared_dict()), **_keys(config.settings.to_dict(), config.method)}
 
 
 def from_run_config(
     run_config: Mapping[str, Any], node_config: Mapping[str, Any] | None = None
 ) -> RunConfig:
-    # Single keys first, the whole-config JSON last: a deployed app declares every key with its
-    # default, which must not overwrite a JSON config given on purpose.
-    data: dict[str, Any] = {
-        key.replace("-", "_"): None if value == "" else value
-        for key, value in run_config.items()
-        if key != CONFIG_KEY
-    }
-    if run_config.get(CONFIG_KEY):
-        data.update(json.loads(str(run_config[CONFIG_KEY])))
-    elif os.environ.get(CONFIG_ENV):
-        data.update(json.loads(os.environ[CONFIG_ENV]))
-    for key, field in _NODE_OVERRIDES.items():
+    run_config = dict(run_config)
+    if not run_config and os.environ.get(CONFIG_ENV):
+        run_config = json.loads(os.environ[CONFIG_ENV])
+    source = "Flower run config"
+    method = str(run_config.get("method") or RunConfig.method)
+    settings_class = get_method(method).settings_class
+    shared: dict[str, Any] = {}
+    for item in RunConfig.setting_fields():
+        key = flower_key(item.name)
+        if key in run_config:
+            shared[item.name] = from_flower_value(item, run_config[key], source)
+    block: dict[str, Any] = {}
+    for item in settings_class.setting_fields():
+        key = flower_key(item.name, method)
+        if key in run_config:
+            block[item.name] = from_flower_value(item, run_config[key], source)
+    namespaces = set(method_names())
+    for key in run_config:
+        namespace = key.split(".", 1)[0] if "." in key else None
+        known_shared = key in {flower_key(n) for n in RunConfig.setting_names()}
+        if namespace is None and not known_shared:
+            raise ConfigError(f"{source}: unknown key '{key}'")
+        if namespace is not None and namespace not in namespaces:
+            raise ConfigError(f"{source}: key '{key}' names no method ({', '.join(namespaces)})")
+    for key, name in _NODE_OVERRIDES.items():
         if node_config and node_config.get(key):
-            data[field] = node_config[key]
-    return config_from_dict(data, source="Flower run config")
+            shared[name] = node_config[key]
+    data = {**shared, "method_settings": block}
+    return config_from_dict(data, source=source)
+
+
+def simulation_environment(config: RunConfig) -> dict[str, str]:
+    return {CONFIG_ENV: json.dumps(to_run_config(config))}
+
+
+def flower_app_config_toml() -> str:
+    """The ``[tool.flwr.app.config]`` tables of flower-app/pyproject.toml, with help comments."""
+    lines = [
+        "# Generated by `smartfed generate flower-app` from the settings classes: do not edit by",
+        "# hand (tests/federation/test_deployment.py fails when this is stale). Shared settings",
+        "# are top-level keys; each method's own settings sit in its table ([...config.NAME],",
+        '# keys NAME.key for `flwr run -c`). "" stands for "not set" (None).',
+        "[tool.flwr.app.config]",
+    ]
+    defaults = RunConfig.defaults()
+    for item in RunConfig.setting_fields():
+        if item.name in _NOT_DEPLOYED:
+            continue
+        lines += _toml_entry(item.name, defaults[item.name], item.metadata["help"])
+    for name in method_names():
+        settings_class = get_method(name).settings_class
+        fields_ = settings_class.setting_fields()
+        if not fields_:
+            continue
+        lines += ["", f"[tool.flwr.app.config.{name}]"]
+        for item in fields_:
+            lines += _toml_entry(item.name, item.default, item.metadata["help"])
+    return "\n".join(lines) + "\n"
+
+
+def _toml_entry(name: str, default: Any, help_text: str) -> list[str]:
+    value = to_flower_value(default)
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value)
+    else:
+        text = repr(value)
+    return [f"# {help_text}", f"{flower_key(name)} = {text}"]

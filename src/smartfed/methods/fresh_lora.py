@@ -9,6 +9,7 @@ training starts from the base model. The final model is a normal PEFT adapter fo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from peft import LoraConfig, get_peft_model, load_peft_weights, set_peft_model_s
 from torch import nn
 
 from smartfed.engine.method import FederatedMethod
+from smartfed.engine.settings import MethodSettings, setting
 from smartfed.errors import ConfigError
 from smartfed.pool import LoraPool
 
@@ -23,17 +25,30 @@ if TYPE_CHECKING:
     from smartfed.engine.config import RunConfig
 
 
-def fresh_lora_config(pool: LoraPool, config: RunConfig) -> LoraConfig:
+@dataclass
+class FreshLoraSettings(MethodSettings):
+    """The fresh LoRA's shape (default: the pool's) and its learning rate."""
+
+    learning_rate: float = setting(5e-4, "AdamW learning rate of the LoRA weights", above=0)
+    lora_rank: int | None = setting(None, "rank of the fresh LoRA (default: the pool's)", minimum=1)
+    lora_alpha: float | None = setting(None, "alpha of the fresh LoRA (default: the pool's)",
+                                       above=0)  # fmt: skip
+    lora_targets: str | None = setting(
+        None, "comma-separated target modules of the fresh LoRA (default: the pool's)"
+    )
+
+
+def fresh_lora_config(pool: LoraPool, settings: FreshLoraSettings) -> LoraConfig:
     """The LoRA shape of a knowledge-free method: explicit flags, else the pool's.
 
     Rank, alpha and rsLoRA follow the first pool module; the targets are the union over all
     modules, so a fresh LoRA adapts every matrix some pool module adapts.
     """
     reference = pool.adapters[0]
-    rank = config.lora_rank or max(reference.ranks)
-    alpha = config.lora_alpha if config.lora_alpha is not None else max(reference.alphas)
-    if config.lora_targets:
-        targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()]
+    rank = settings.lora_rank or max(reference.ranks)
+    alpha = settings.lora_alpha if settings.lora_alpha is not None else max(reference.alphas)
+    if settings.lora_targets:
+        targets = [t.strip() for t in settings.lora_targets.split(",") if t.strip()]
     else:
         targets = list(dict.fromkeys(t for a in pool.adapters for t in a.target_modules))
     if not targets:
@@ -53,10 +68,11 @@ class FreshLoraMethod(FederatedMethod):
     """A PEFT LoRA on the base model; subclasses choose what trains and what is averaged."""
 
     reuses_pool = False
+    settings_class = FreshLoraSettings
 
     def build(self, base_model: nn.Module, pool: LoraPool, config: RunConfig) -> nn.Module:
         base_model.requires_grad_(False)
-        model = get_peft_model(base_model, fresh_lora_config(pool, config))
+        model = get_peft_model(base_model, fresh_lora_config(pool, config.settings))
         for name, param in model.named_parameters():
             param.requires_grad = self.is_trained(name)
         return model

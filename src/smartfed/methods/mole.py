@@ -8,6 +8,7 @@ learned soft mix of both); gates are renormalised over the kept modules (output 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,14 +16,31 @@ import torch
 from torch import nn
 
 from smartfed.engine.method import FederatedMethod
+from smartfed.engine.settings import MethodSettings, setting
+from smartfed.errors import ConfigError
 from smartfed.methods.registry import register_method
 from smartfed.pool import LoraPool
 from smartfed.tuners.mole import MoleConfig, MoleModel
-from smartfed.tuners.mole.common import load_state
-from smartfed.tuners.mole.model import MOLE_CONFIG_NAME, ROUTER_WEIGHTS_NAME
+from smartfed.tuners.routing import get_router
 
 if TYPE_CHECKING:
     from smartfed.engine.config import RunConfig
+
+
+@dataclass
+class MoleSettings(MethodSettings):
+    learning_rate: float = setting(5e-4, "AdamW learning rate of the routers", above=0)
+    mole_top_k: int = setting(2, "pool modules kept per token and matrix", minimum=1)
+    router: str = setting("linear", "router design over whole modules (reads x only)")
+    router_init_std: float = setting(0.02, "std of the routers' normal init", minimum=0)
+
+    def check(self) -> None:
+        design = get_router(self.router)
+        if design.needs_experts:
+            raise ConfigError(
+                f"--router {self.router} reads rank-1 experts' projections; MoLE routes whole "
+                "modules from x only (use a design without needs_experts, e.g. linear)"
+            )
 
 
 @register_method
@@ -30,12 +48,17 @@ class Mole(FederatedMethod):
     name = "mole"
     summary = "module-wise routing: one gate per pool module per matrix, top-k modules"
     reuses_pool = True
+    settings_class = MoleSettings
 
     def build(self, base_model: nn.Module, pool: LoraPool, config: RunConfig) -> nn.Module:
         return MoleModel(
             base_model,
             pool,
-            MoleConfig(top_k=config.mole_top_k, router_init_std=config.router_init_std),
+            MoleConfig(
+                top_k=config.settings.mole_top_k,
+                router_init_std=config.settings.router_init_std,
+                router=config.settings.router,
+            ),
         )
 
     @property
@@ -46,14 +69,7 @@ class Mole(FederatedMethod):
         self.model.save_pretrained(directory)
 
     def load_final(self, directory: Path) -> None:
-        _, state = load_state(
-            directory,
-            weights_name=ROUTER_WEIGHTS_NAME,
-            config_name=MOLE_CONFIG_NAME,
-            pool=self.pool,
-            what="MoLE router",
-        )
-        self.model.load_router_state_dict(state)
+        self.model.load_pretrained_state(directory)
 
     @torch.no_grad()
     def routing_usage(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict:

@@ -8,20 +8,33 @@ weight per pool module federatedly (FedAvg of the N weights), merged exactly as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from smartfed.engine.method import FederatedMethod
+from smartfed.engine.settings import MethodSettings, setting
 from smartfed.methods.registry import register_method
 from smartfed.pool import LoraPool
 from smartfed.tuners.lorahub import LoraHubConfig, LoraHubModel
-from smartfed.tuners.lorahub.model import LORAHUB_CONFIG_NAME, WEIGHTS_NAME
-from smartfed.tuners.mole.common import load_state
 
 if TYPE_CHECKING:
     from smartfed.engine.config import RunConfig
+
+
+@dataclass
+class LoraHubSettings(MethodSettings):
+    # N scalars of order 1 (the paper searches [-1.5, 1.5]); at the routers' 5e-4 they move from
+    # 0.5 to 0.508 in a whole cn_math demo run (README, "Methods").
+    learning_rate: float = setting(5e-2, "AdamW learning rate of the module weights", above=0)
+
+    @classmethod
+    def from_format_1(cls, flat: dict[str, Any]) -> dict[str, Any]:
+        # SmartFed 0.1 kept LoRAHub's rate in its own field, lorahub_learning_rate.
+        rate = flat.get("lorahub_learning_rate")
+        return {} if rate is None else {"learning_rate": rate}
 
 
 class _ModuleWeighting(FederatedMethod):
@@ -36,14 +49,7 @@ class _ModuleWeighting(FederatedMethod):
         self.model.save_pretrained(directory)
 
     def load_final(self, directory: Path) -> None:
-        _, state = load_state(
-            directory,
-            weights_name=WEIGHTS_NAME,
-            config_name=LORAHUB_CONFIG_NAME,
-            pool=self.pool,
-            what=f"{self.name} weights",
-        )
-        self.model.load_weights_state_dict(state)
+        self.model.load_pretrained_state(directory)
 
     def describe_final(self) -> dict[str, Any]:
         return {"module_weights": self.model.module_weights()}
@@ -60,6 +66,4 @@ class Merge(_ModuleWeighting):
 class LoraHub(_ModuleWeighting):
     name = "lorahub"
     summary = "one weight per pool module, learned federatedly (Σ w_n B_n A_n)"
-    # N scalars of order 1 (the paper searches [-1.5, 1.5]); at the routers' 5e-4 they move from
-    # 0.5 to 0.508 in a whole cn_math demo run (README, "Methods").
-    learning_rate_setting = "lorahub_learning_rate"
+    settings_class = LoraHubSettings

@@ -10,6 +10,7 @@ an EMA and re-allocates the expert budget with EEQA (DESIGN §1.2-1.5). Ablation
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,29 +19,109 @@ import torch
 from torch import nn
 
 from smartfed.eeqa.server import next_quotas, update_importance
-from smartfed.engine.method import FederatedMethod, ServerLogic
+from smartfed.engine.method import Ablation, FederatedMethod, ServerLogic
+from smartfed.engine.settings import MethodSettings, setting
 from smartfed.errors import ConfigError
+from smartfed.importance.scores import IMPORTANCE_SCORES
 from smartfed.methods.registry import register_method
 from smartfed.pool import LoraPool
-from smartfed.tuners.more import MoreConfig, MoreModel
+from smartfed.tuners.more import OUTPUT_SCALES, MoreConfig, MoreModel
+from smartfed.tuners.routing import get_router
 
 if TYPE_CHECKING:
     from smartfed.engine.config import RunConfig
+
+DEFAULT_TOP_K = 32
+# The dense ablation's settings: no K to set and no EEQA, so it unsets their settings.
+DENSE = dict.fromkeys(("topk_experts", "enable_eeqa", "eeqa_warmup_rounds", "k_min", "ema_beta"))
+DENSE["dense"] = True
+
+
+@dataclass
+class SmartFedSettings(MethodSettings):
+    """SmartFed's settings. EEQA's own settings are None (unset) unless EEQA runs: with
+    ``--dense`` or ``--no-enable_eeqa`` giving one is refused rather than ignored."""
+
+    learning_rate: float = setting(5e-4, "AdamW learning rate of the routers", above=0)
+    topk_experts: int | None = setting(
+        None, f"average expert budget K per matrix (default {DEFAULT_TOP_K}; not with --dense)",
+        minimum=1,
+    )  # fmt: skip
+    dense: bool = setting(False, "ablation: every expert on every token (K = M, no EEQA)")
+    enable_eeqa: bool | None = setting(
+        None, "EEQA quota re-allocation (default: on unless --dense; --no-enable_eeqa: uniform K)"
+    )
+    eeqa_warmup_rounds: int | None = setting(
+        None, "rounds of uniform K before EEQA starts (EEQA only; default 1)", minimum=0
+    )
+    k_min: int | None = setting(
+        None, "smallest quota EEQA may give a matrix (EEQA only; default 1)", minimum=1
+    )
+    ema_beta: float | None = setting(
+        None, "EMA weight of past importance (EEQA only; default 0.7)", minimum=0, below=1
+    )
+    output_scale: str = setting("k", "MoRE output scale c: k | one | learnable",
+                                choices=OUTPUT_SCALES)  # fmt: skip
+    importance_score: str = setting(
+        "cosine", "importance scorer (see smartfed.importance.scores)",
+        choices=tuple(IMPORTANCE_SCORES),
+    )  # fmt: skip
+    router: str = setting("linear", "router design (`smartfed methods` lists them)")
+    router_init_std: float = setting(0.02, "std of the routers' normal init", minimum=0)
+
+    def check(self) -> None:
+        get_router(self.router)  # unknown designs fail here, listing the known ones
+        if self.dense:
+            for name in ("topk_experts", "enable_eeqa"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"--{name} does not apply with --dense (every expert is active on every "
+                        "token, so there is no budget to set or re-allocate)"
+                    )
+        elif self.topk_experts is None:
+            self.topk_experts = DEFAULT_TOP_K
+        eeqa_on = self.enable_eeqa if self.enable_eeqa is not None else not self.dense
+        if not self.dense:
+            self.enable_eeqa = eeqa_on
+        eeqa_defaults = {"eeqa_warmup_rounds": 1, "k_min": 1, "ema_beta": 0.7}
+        for name, default in eeqa_defaults.items():
+            if not eeqa_on and getattr(self, name) is not None:
+                why = "--dense" if self.dense else "--no-enable_eeqa"
+                raise ConfigError(f"--{name} only applies with EEQA, which {why} turns off")
+            if eeqa_on and getattr(self, name) is None:
+                setattr(self, name, default)
+        if eeqa_on and self.k_min > self.topk_experts:
+            raise ConfigError(
+                f"--k_min ({self.k_min}) must not exceed --topk_experts ({self.topk_experts})"
+            )
+
+    @classmethod
+    def inapplicable(cls, values: dict[str, Any]) -> set[str]:
+        dense = bool(values.get("dense"))
+        eeqa = values.get("enable_eeqa")
+        eeqa_on = (eeqa if eeqa is not None else True) and not dense
+        dropped = {"topk_experts", "enable_eeqa"} if dense else set()
+        return dropped | (set() if eeqa_on else {"eeqa_warmup_rounds", "k_min", "ema_beta"})
+
+    @property
+    def eeqa_active(self) -> bool:
+        return bool(self.enable_eeqa) and not self.dense
 
 
 class QuotaLogic(ServerLogic):
     """The quota table each round, and EEQA over the clients' token-weighted importance."""
 
-    def __init__(self, capacities: np.ndarray, config: RunConfig, top_k: int):
+    def __init__(self, capacities: np.ndarray, settings: SmartFedSettings, top_k: int):
         self.capacities = np.asarray(capacities)
-        self.config = config
+        self.settings = settings
         self.top_k = top_k
-        self.enable_eeqa = config.enable_eeqa and not config.dense
-        if self.enable_eeqa and config.k_min > int(self.capacities.min()):
+        self.enable_eeqa = settings.eeqa_active
+        if self.enable_eeqa and settings.k_min > int(self.capacities.min()):
             # Caught here, before any round, not by EEQA after round 1's compute is spent.
             raise ConfigError(
-                f"--k_min ({config.k_min}) exceeds the smallest number of experts of an adapted "
-                f"matrix ({int(self.capacities.min())}): lower --k_min or use a larger pool"
+                f"--k_min ({settings.k_min}) exceeds the smallest number of experts of an "
+                f"adapted matrix ({int(self.capacities.min())}): lower --k_min or use a larger "
+                "pool"
             )
         self.ema_importance: np.ndarray | None = None
         self.client_importance: list[list[float]] = []
@@ -51,9 +132,9 @@ class QuotaLogic(ServerLogic):
             importance=self.ema_importance,
             capacities=self.capacities,
             top_k=self.top_k,
-            k_min=self.config.k_min,
+            k_min=self.settings.k_min or 1,
             completed_round=completed_round,
-            warmup_rounds=self.config.eeqa_warmup_rounds,
+            warmup_rounds=self.settings.eeqa_warmup_rounds or 0,
             enable_eeqa=self.enable_eeqa,
         )
 
@@ -77,7 +158,7 @@ class QuotaLogic(ServerLogic):
             self.ema_importance,
             importance,
             [int(m["tokens"]) for m in metrics],
-            self.config.ema_beta,
+            self.settings.ema_beta if self.settings.ema_beta is not None else 0.0,
         )
         self.quotas = self._next(completed_round)
 
@@ -110,20 +191,29 @@ class SmartFed(FederatedMethod):
     name = "smartfed"
     summary = "rank-wise experts from the pool, federated routers, EEQA quotas"
     reuses_pool = True
+    settings_class = SmartFedSettings
+    ablations = (
+        Ablation("smartfed_uniform", {"enable_eeqa": False}, "SmartFed, uniform K"),
+        # Dense needs no K and runs no EEQA: the entry unsets what it makes meaningless.
+        Ablation("smartfed_dense", DENSE, "SmartFed, all experts (K = M)"),
+        Ablation("smartfed_scale1", {"output_scale": "one"}, "SmartFed, c = 1"),
+    )
 
     def build(self, base_model: nn.Module, pool: LoraPool, config: RunConfig) -> nn.Module:
-        self.top_k = config.topk_experts
-        if config.dense:
+        settings: SmartFedSettings = config.settings
+        if settings.dense:
             self.top_k = max(pool.capacity(name) for name in pool.module_names())
+        else:
+            self.top_k = settings.topk_experts
         return MoreModel(
             base_model,
             pool,
             MoreConfig(
                 top_k=self.top_k,
-                output_scale=config.output_scale,
-                router_init_std=config.router_init_std,
-                importance_score=config.importance_score,
-                k_min=min(config.k_min, self.top_k),
+                output_scale=settings.output_scale,
+                router_init_std=settings.router_init_std,
+                importance_score=settings.importance_score,
+                router=settings.router,
             ),
         )
 
@@ -132,7 +222,7 @@ class SmartFed(FederatedMethod):
         return self.model.model  # names as in MoreModel.router_state_dict
 
     def server_logic(self, config: RunConfig) -> QuotaLogic:
-        return QuotaLogic(self.model.capacities, config, self.top_k)
+        return QuotaLogic(self.model.capacities, config.settings, self.top_k)
 
     def apply_round_config(self, round_config: Mapping[str, Any]) -> None:
         self.model.set_quotas(np.asarray(list(round_config["quotas"])))
