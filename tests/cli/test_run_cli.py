@@ -28,6 +28,23 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
         (["--preset", "smoke", "--data_dir", "/no/such/dir"], "/no/such/dir"),
         (["--task", "cn_code"], "DoIT"),
         (["--config", "/no/such.toml"], "config file not found"),
+        # Settings that were silently ignored before methods owned their settings:
+        (["--method", "fedit", "--topk_experts", "4"], "--topk_experts is a setting of smartfed"),
+        (["--method", "fedit", "--dense"], "--dense is a setting of smartfed, not of method fedit"),
+        (["--method", "fedit", "--mole_top_k", "9"], "--mole_top_k is a setting of mole"),
+        (["--method", "mole", "--output_scale", "one"], "not of method mole"),
+        (["--method", "merge", "--learning_rate", "1e-3"], "merge's settings: none"),
+        (["--dense", "--enable_eeqa"], "--enable_eeqa does not apply with --dense"),
+        (["--dense", "--topk_experts", "4"], "--topk_experts does not apply with --dense"),
+        (["--dense", "--k_min", "2"], "--k_min only applies with EEQA, which --dense turns off"),
+        (["--dense", "--ema_beta", "0.5"], "--ema_beta only applies with EEQA"),
+        (["--no-enable_eeqa", "--eeqa_warmup_rounds", "2"], "which --no-enable_eeqa turns off"),
+        (["--partition_field", "bucket"], "--partition_field does not apply to --partition iid"),
+        (["--dirichlet_alpha", "0.1"], "--dirichlet_alpha does not apply to --partition iid"),
+        (["--router", "nope"], "unknown router design 'nope'"),
+        (["--method", "mole", "--router", "nope"], "unknown router design 'nope'"),
+        (["--ema_beta", "1.0"], "--ema_beta must be < 1"),
+        (["--router_init_std", "-1"], "--router_init_std must be >= 0"),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_work(capsys, tmp_path, argv, fragment):
@@ -87,3 +104,73 @@ def test_smoke_preset_on_the_default_model(capsys, tmp_path):
     config = json.loads((out_dir / "config.json").read_text())
     assert config["preset"] == "smoke" and config["model_name_or_path"] == "smollm2-135m-instruct"
     assert Path(summary["final_dir"]).name == "final"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--output_scale", "nope"], "invalid choice: 'nope'"),
+        (["--importance_score", "nope"], "invalid choice: 'nope'"),
+    ],
+)
+def test_choice_typos_fail_at_parsing(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", *argv])
+    assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_toml_method_settings_follow_the_same_rules(capsys, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("method = 'fedit'\ntopk_experts = 4\n")
+    code, _, err = _run(capsys, "--config", str(config), "--output_dir", str(tmp_path / "r"))
+    assert code == 1 and "--topk_experts is a setting of smartfed, not of method fedit" in err
+
+
+def test_a_presets_method_settings_yield_to_explicit_ones():
+    """The demo preset's K = 8 must not make `--preset demo --dense` an error: a preset is not
+    the user's input. The same K given explicitly is refused (test above)."""
+    from smartfed.assembly.config import gather
+
+    dense = gather(preset="demo", overrides={"dense": True}).config_for()
+    assert dense.settings.dense and dense.settings.topk_experts is None
+    fedit = gather(preset="demo", overrides={"method": "fedit"}).config_for()
+    assert fedit.method == "fedit" and not hasattr(fedit.settings, "topk_experts")
+    assert gather(preset="demo").config_for().settings.topk_experts == 8
+
+
+def test_a_task_without_lora_pool_uses_its_default_pool():
+    from smartfed.assembly.config import resolve_config
+
+    assert resolve_config(overrides={"task": "math_code"}).pool_items == ["en_math", "en_code"]
+    assert resolve_config(overrides={"task": "cn_math"}).pool_items == ["cn_chat", "en_math"]
+
+
+LEGACY = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("entry", ["smartfed", "smartfed_dense", "smartfed_uniform", "lorahub",
+                                   "mole", "fedit", "merge", "fedsa_lora"])  # fmt: skip
+def test_configs_written_by_version_0_1_still_load(entry):
+    """Run directories of SmartFed 0.1 (one flat dict of 42 settings) convert on reading: the
+    method keeps the settings it read then and drops the ones it ignored."""
+    from smartfed.assembly.config import config_from_dict
+
+    path = LEGACY / "cn_math" / entry / "config.json"
+    saved = json.loads(path.read_text())
+    assert "method_settings" not in saved  # really the old format
+    config = config_from_dict(saved, source=str(path))
+    assert config.method == saved["method"] and config.num_rounds == saved["num_rounds"]
+    if saved["method"] == "lorahub":
+        assert config.settings.learning_rate == saved["lorahub_learning_rate"]
+    elif saved["method"] != "merge":
+        assert config.settings.learning_rate == saved["learning_rate"]
+    if saved["method"] == "smartfed" and saved["dense"]:
+        assert config.settings.dense and config.settings.topk_experts is None
+
+
+def test_resuming_a_version_0_1_run_is_refused_in_one_line(capsys, tmp_path):
+    old = json.loads((LEGACY / "cn_math" / "smartfed" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    code, _, err = _run(capsys, "--resume", str(tmp_path))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "cannot be continued" in lines[0]

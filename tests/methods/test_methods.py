@@ -316,3 +316,44 @@ def test_negative_importance_is_a_dropped_reply_not_a_crashed_round(tiny_run_con
     logic = Runtime(tiny_run_config()).method.server_logic(tiny_run_config())
     assert logic.check_reply({"importance": [0.1, 0.2, 0.3, 0.4]}) is None
     assert "negative" in logic.check_reply({"importance": [0.1, -1e-9, 0.3, 0.4]})
+
+
+@pytest.mark.parametrize("name", ["smartfed", "lorahub", "fedit"])
+def test_a_run_directory_of_version_0_1_still_evaluates(name, tiny_run_config):
+    """`smartfed eval --run` on a run written before per-method settings: its config.json is
+    one flat dict (LoRAHub's rate as lorahub_learning_rate, every method's fields present)."""
+    from smartfed.evaluation.harness import load_eval_target
+
+    config = tiny_run_config(method=name, num_rounds=1)
+    run_federated(config)
+    path = Path(config.output_dir) / "config.json"
+    saved = json.loads(path.read_text())
+    flat = {k: v for k, v in saved.items() if k not in ("method_settings", "config_format")}
+    legacy_defaults = {
+        "learning_rate": 5e-4, "topk_experts": 32, "enable_eeqa": True, "eeqa_warmup_rounds": 1,
+        "k_min": 1, "ema_beta": 0.7, "output_scale": "k", "importance_score": "cosine",
+        "router_init_std": 0.02, "dense": False, "lora_rank": None, "lora_alpha": None,
+        "lora_targets": None, "mole_top_k": 2, "lorahub_learning_rate": 5e-2,
+        "dirichlet_alpha": 0.5,
+    }  # fmt: skip
+    flat.update(legacy_defaults)
+    block = saved["method_settings"]
+    flat.update({k: v for k, v in block.items() if k != "learning_rate"})
+    flat["lorahub_learning_rate" if name == "lorahub" else "learning_rate"] = block["learning_rate"]
+    path.write_text(json.dumps({**flat, "smartfed_version": "0.1.0"}))
+    target = load_eval_target(run_dir=config.output_dir)
+    batch = get_runtime_batch(config)
+    trained = Runtime(config).method
+    trained.load_final(Path(config.output_dir) / "final")
+    with torch.no_grad():
+        expected = trained.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        )
+        got = target.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+
+
+def get_runtime_batch(config) -> dict:
+    from smartfed.assembly.runtime import get_runtime
+
+    return get_runtime(config).eval_batches[0]

@@ -1,8 +1,9 @@
 """``smartfed report``: the plots and a markdown page for a run directory or a bench folder.
 
 A bench folder (it has bench.json) gets: eval loss vs round and vs cumulative bytes for all
-entries, EEQA quotas of the SmartFed entry, expert usage of the routing entries, partition
-sizes, and the results table. A single run directory gets the same for itself.
+entries, quota heatmaps of the entries whose quotas moved, expert usage of every entry that
+wrote usage.json, partition sizes, and the results table. A single run directory gets the same
+for itself.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smartfed.bench.results import read_run, results_markdown
+from smartfed.bench.results import read_run, report_run_dirs, results_markdown
 from smartfed.errors import ConfigError
 from smartfed.report import plots
 from smartfed.utils.io import write_text_atomic
@@ -26,10 +27,10 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
 
 
-def _finished_runs(folder: Path, labels: list[str]) -> dict[str, dict[str, Any]]:
+def _finished_runs(folder: Path, dirs: dict[str, str]) -> dict[str, dict[str, Any]]:
     runs = {}
-    for label in labels:
-        run_dir = folder / label
+    for label, name in dirs.items():
+        run_dir = folder / name
         if (run_dir / "summary.json").is_file():
             runs[label] = read_run(run_dir)
     return runs
@@ -42,10 +43,12 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     bench = _read_json(folder / "bench.json")
     if bench is not None:
-        runs = _finished_runs(folder, [e["label"] for e in bench["entries"]])
+        dirs = report_run_dirs(bench)  # with --seeds: each entry's first seed
+        runs = _finished_runs(folder, dirs)
         title = bench["settings"].get("task", "")
     elif (folder / "summary.json").is_file():
         runs = {folder.name: read_run(folder)}
+        dirs = {folder.name: folder.name}
         title = (_read_json(folder / "config.json") or {}).get("task", "")
         folder = folder.parent  # run directories are looked up as folder / label below
     else:
@@ -64,23 +67,24 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
             plots.loss_vs_bytes(runs, out / "loss_vs_bytes.png", title),
         ),
     ]
-    # A bench shows SmartFed's quotas and the routing of SmartFed and MoLE; a run shows its own.
-    single = bench is None
+    # Plots follow what each run wrote, not its method's name: a quota heatmap where quotas
+    # moved (EEQA at work; a constant table says nothing a plot would), a usage chart where the
+    # run wrote usage.json (routing methods).
     for label, run in runs.items():
-        run_dir = folder / label
-        if any(r.get("quotas") for r in run["rows"]) and (single or label == "smartfed"):
+        run_dir = folder / dirs[label]
+        if _quotas_moved(run["rows"]):
             heatmap = plots.quota_heatmap(
                 run, _matrices(run_dir), out / f"quotas_{label}.png", f"{label}: K per matrix"
             )
             images.append((f"EEQA quotas per matrix over rounds ({label})", heatmap))
         usage = _read_json(run_dir / "usage.json")
-        if usage and (single or label in ("smartfed", "mole")):
+        if usage:
             chart = plots.expert_usage(
                 usage["matrices"], out / f"usage_{label}.png", f"{label}: routing share"
             )
             images.append((f"Expert usage per matrix ({label})", chart))
     first = next(iter(runs))
-    partitions = _read_json(folder / first / "partitions.json")
+    partitions = _read_json(folder / dirs[first] / "partitions.json")
     if partitions:
         images.append(
             (
@@ -100,6 +104,11 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
     page = out / "report.md"
     write_text_atomic(page, "\n".join(lines))
     return page
+
+
+def _quotas_moved(rows: list[dict[str, Any]]) -> bool:
+    tables = {json.dumps(r["quotas"]) for r in rows if r.get("quotas")}
+    return len(tables) > 1 or any(len(set(r["quotas"])) > 1 for r in rows if r.get("quotas"))
 
 
 def _matrices(run_dir: Path) -> list[str] | None:
