@@ -59,6 +59,13 @@ class Runtime:
         self.train_examples = load_examples(
             self.task.train_dataset, self.task.train_split, data_dir=config.data_dir
         )
+        # --eval_split validation: a seeded slice of the training data, taken out before
+        # partitioning so that no client trains on it.
+        self.validation_examples: list = []
+        if config.eval_split == "validation" and config.eval_samples:
+            self.train_examples, self.validation_examples = hold_out(
+                self.train_examples, config.eval_samples, config.seed, config.num_clients
+            )
         field = config.partition_field or self.task.partition_field
         self.partition_field = field if config.partition != "iid" else None
         self.partitions = partition_examples(
@@ -95,17 +102,35 @@ class Runtime:
     def eval_batches(self) -> list[dict]:
         if self.config.eval_samples == 0:
             return []
-        examples = load_examples(
-            self.task.eval_dataset,
-            self.task.eval_split,
-            data_dir=self.config.data_dir,
-            limit=self.config.eval_samples,
-        )
+        if self.config.eval_split == "validation":
+            examples = self.validation_examples  # the test split is never opened
+        else:
+            examples = load_examples(
+                self.task.eval_dataset,
+                self.task.eval_split,
+                data_dir=self.config.data_dir,
+                limit=self.config.eval_samples,
+            )
         encoded = [encode_example(self.tokenizer, ex, self.config.max_seq_len) for ex in examples]
         encoded = [e for e in encoded if e is not None]
         size = self.config.eval_batch_size
         pad = self.tokenizer.pad_token_id
         return [collate(encoded[i : i + size], pad) for i in range(0, len(encoded), size)]
+
+
+def hold_out(examples: list, count: int, seed: int, num_clients: int) -> tuple[list, list]:
+    """(training, validation): ``count`` examples drawn with ``seed`` go to validation, in
+    their original order; the rest stay for the clients. Same seed, same split."""
+    if len(examples) - count < num_clients:
+        raise ConfigError(
+            f"--eval_split validation holds out --eval_samples {count} of the task's "
+            f"{len(examples)} training examples, leaving fewer than one per client "
+            f"({num_clients}); lower --eval_samples"
+        )
+    rng = np.random.default_rng([seed, 0x7A11D])
+    held = {int(i) for i in rng.choice(len(examples), count, replace=False)}
+    training = [ex for i, ex in enumerate(examples) if i not in held]
+    return training, [examples[i] for i in sorted(held)]
 
 
 def _subsample(partitions: list[list[int]], fraction: float, seed: int) -> list[list[int]]:

@@ -3,6 +3,11 @@
 Ratios are against ``fedit`` when it is in the bench (else None). ``rounds_to_fedit_loss`` is
 the first evaluated round whose eval loss is at or below FedIT's final eval loss (0 if the
 starting model already is; None if never reached).
+
+A bench with ``--sweep`` / ``--seeds`` (smartfed.bench.sweep) gets :func:`seeded_results`: per
+entry the grid, each point's validation loss, the choice, the per-seed numbers and their mean,
+sample std and n, and verdicts under TIE_RULE. Its entries keep the single-run fields (the mean
+over seeds), so readers of plain benches keep working.
 """
 
 from __future__ import annotations
@@ -117,6 +122,8 @@ def _mib(n: float) -> str:
 
 
 def results_markdown(results: dict[str, Any]) -> str:
+    if results.get("seeds") is not None:  # a bench with --sweep / --seeds
+        return seeded_markdown(results)
     lines = [
         f"# Benchmark: {results['task']}",
         "",
@@ -160,6 +167,245 @@ def results_markdown(results: dict[str, Any]) -> str:
         "all sampled clients, whole run. Step time: mean seconds per local training step. "
         "Energy: CodeCarbon, whole run including evaluation (estimated where the machine has "
         "no power counters).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- Benches with --sweep / --seeds ---------------------------------------------------------
+
+TIE_RULE = (
+    "two entries tie when their mean final test eval losses differ by no more than the sum of "
+    "their sample standard deviations across seeds: |mean_a - mean_b| <= std_a + std_b "
+    "(no verdict with fewer than 2 seeds)"
+)
+# Per-run numbers summarised across seeds (mean, sample std, n).
+SEED_STATS = (
+    "final_eval_loss", "initial_eval_loss", "metric", "bytes_up", "bytes_down", "rounds",
+    "step_time_s", "energy_kwh", "wall_s", "comm_ratio_vs_fedit", "rounds_to_fedit_loss",
+    "rounds_ratio_vs_fedit", "step_time_ratio_vs_fedit", "energy_ratio_vs_fedit",
+)  # fmt: skip
+
+
+def report_run_dirs(bench: dict[str, Any]) -> dict[str, str]:
+    """Label -> the run directory (relative to the bench folder) a report plots: the entry's
+    own folder, or in a bench with --sweep / --seeds the run of its first seed."""
+    seeds = bench.get("seeds")
+    return {
+        e["label"]: f"{e['label']}/seed{seeds[0]}" if seeds else e["label"]
+        for e in bench["entries"]
+    }
+
+
+def spread(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (n - 1) and n of the values that are not None."""
+    known = [float(v) for v in values if v is not None]
+    n = len(known)
+    mean = sum(known) / n if n else None
+    std = (sum((v - mean) ** 2 for v in known) / (n - 1)) ** 0.5 if n >= 2 else None
+    return {"mean": mean, "std": std, "n": n, "values": list(values)}
+
+
+def compare_spreads(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """a against b under TIE_RULE: verdict lower / higher / tie (None below 2 seeds each)."""
+    if a["mean"] is None or b["mean"] is None:
+        return {"difference": None, "margin": None, "verdict": None}
+    difference = a["mean"] - b["mean"]
+    if a["std"] is None or b["std"] is None:
+        return {"difference": difference, "margin": None, "verdict": None}
+    margin = a["std"] + b["std"]
+    verdict = "tie" if abs(difference) <= margin else ("lower" if difference < 0 else "higher")
+    return {"difference": difference, "margin": margin, "verdict": verdict}
+
+
+def seeded_results(
+    task: str,
+    command: str,
+    settings: dict[str, Any],
+    *,
+    sweep: list[dict[str, Any]] | None,
+    seeds: list[int],
+    tuning: dict[str, dict[str, Any]],
+    runs_by_seed: dict[int, dict[str, dict[str, Any]]],
+) -> dict[str, Any]:
+    """results.json of a bench with --sweep / --seeds.
+
+    ``tuning``: label -> {"method", "tuned", "untuned_reason", "grid": [{"point", "run_dir",
+    "validation_loss"}], "chosen": point or None, "chosen_by"}; ``runs_by_seed``: seed ->
+    label -> run (empty when only the tuning phase ran). Per seed the entries get the
+    single-run numbers of :func:`bench_results` (ratios against FedIT of the same seed); each
+    entry's top-level single-run fields hold the mean over seeds and ``stats`` the mean, std
+    and n."""
+    per_seed = {
+        seed: bench_results(task, command, runs, settings)["methods"]
+        for seed, runs in runs_by_seed.items()
+    }
+    methods: dict[str, dict[str, Any]] = {}
+    for label, tune in tuning.items():
+        rows = {seed: per_seed[seed][label] for seed in seeds if label in per_seed.get(seed, {})}
+        stats = {key: spread([rows[s][key] if s in rows else None for s in seeds])
+                 for key in SEED_STATS}  # fmt: skip
+        first = rows.get(seeds[0], {})
+        methods[label] = {
+            **{key: stats[key]["mean"] for key in SEED_STATS},
+            "method": tune["method"],
+            "metric_detail": None,
+            "trainable_params": first.get("trainable_params"),
+            "communicated_params": first.get("communicated_params"),
+            "energy_method": first.get("energy_method"),
+            "tuned": tune["tuned"],
+            "untuned_reason": tune["untuned_reason"],
+            "grid": tune["grid"],
+            "chosen": tune["chosen"],
+            "chosen_by": tune.get("chosen_by"),
+            "seeds": list(seeds),
+            "per_seed": {str(seed): rows[seed] for seed in seeds if seed in rows},
+            "stats": stats,
+        }
+    losses = {label: m["stats"]["final_eval_loss"] for label, m in methods.items()}
+    reference = REFERENCE if REFERENCE in methods and runs_by_seed else None
+    for label, m in methods.items():
+        m["vs_fedit"] = compare_spreads(losses[label], losses[reference]) if reference else None
+        m["vs_entries"] = {
+            other: compare_spreads(losses[label], losses[other])["verdict"]
+            for other in methods
+            if other != label
+        }
+    return {
+        "task": task,
+        "command": command,
+        "reference": reference,
+        "settings": settings,
+        "sweep": sweep,
+        "seeds": list(seeds),
+        "tuning_seed": seeds[0],
+        "phase": "final" if runs_by_seed else "tuning",
+        "tie_rule": TIE_RULE,
+        "methods": methods,
+    }
+
+
+def _pm(stats: dict[str, Any], spec: str = ".4f") -> str:
+    if stats["mean"] is None:
+        return "–"
+    std = "–" if stats["std"] is None else format(stats["std"], spec)
+    return f"{format(stats['mean'], spec)} ± {std} (n={stats['n']})"
+
+
+def _point_text(point: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items()) if point else "–"
+
+
+def seeded_markdown(results: dict[str, Any]) -> str:
+    methods = results["methods"]
+    seeds = results["seeds"]
+    lines = [f"# Benchmark: {results['task']}", "", f"Command: `{results['command']}`", ""]
+    sweep = results.get("sweep")
+    if sweep:
+        axes = "; ".join(
+            f"{a['setting']} in {{{', '.join(str(v) for v in a['values'])}}}" for a in sweep
+        )
+        lines += [
+            f"Sweep: {axes}. Each entry that declares the swept setting(s) ran every grid point "
+            f"with `eval_split=validation` (seed {results['tuning_seed']}): the eval loss came "
+            "from a seeded slice of `eval_samples` training examples held out of every "
+            "client's partition, and the test split was not read. The point with the lowest "
+            "final validation loss was chosen (ties: the first in grid order).",
+            "",
+            "## Tuning: final validation loss per grid point",
+            "",
+        ]
+        points = next((m["grid"] for m in methods.values() if m["tuned"]), [])
+        names = [_point_text(p["point"]) for p in points]
+        lines += [
+            "| method | " + " | ".join(names) + " | chosen |",
+            "|---|" + "---|" * (len(names) + 1),
+        ]
+        for label, m in methods.items():
+            if m["tuned"]:
+                cells = [_fmt(p["validation_loss"], ".4f") for p in m["grid"]]
+                chosen = _point_text(m["chosen"]) if m["chosen"] else "none (no finite loss)"
+            else:
+                cells = ["–"] * len(names)
+                chosen = f"untuned ({m['untuned_reason']})"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {chosen} |")
+        lines.append("")
+    lines.append(f"Seeds: {', '.join(str(s) for s in seeds)}.")
+    lines.append("")
+    if results.get("phase") == "tuning":
+        lines += ["Only the tuning phase has run (`--tune_only`): no test numbers yet.", ""]
+        return "\n".join(lines)
+    has_ref = results["reference"] is not None
+    lines += [
+        "## Test results: mean ± sample std over seeds (n)",
+        "",
+        "| method | setting | final test eval loss | vs fedit | metric | MiB up | MiB down | "
+        "comm vs fedit | step s | energy kWh | trainable params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, m in methods.items():
+        stats = m["stats"]
+        verdict = (m["vs_fedit"] or {}).get("verdict") if has_ref else None
+        if label == results["reference"]:
+            verdict_text = "reference"
+        elif verdict is None:
+            verdict_text = "–"
+        else:
+            verdict_text = f"{verdict} ({m['vs_fedit']['difference']:+.4f})"
+        setting = _point_text(m["chosen"]) if m["tuned"] else "untuned"
+        bytes_up, bytes_down = stats["bytes_up"]["mean"], stats["bytes_down"]["mean"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    label,
+                    setting,
+                    _pm(stats["final_eval_loss"]),
+                    verdict_text,
+                    _pm(stats["metric"], ".3f"),
+                    _mib(bytes_up) if bytes_up is not None else "–",
+                    _mib(bytes_down) if bytes_down is not None else "–",
+                    _fmt(stats["comm_ratio_vs_fedit"]["mean"], ".4f"),
+                    _pm(stats["step_time_s"], ".2f"),
+                    _pm(stats["energy_kwh"], ".5f"),
+                    f"{m['trainable_params']:,}" if m["trainable_params"] is not None else "–",
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "## Final test eval loss per seed",
+        "",
+        "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+    ]
+    for label, m in methods.items():
+        values = m["stats"]["final_eval_loss"]["values"]
+        lines.append(f"| {label} | " + " | ".join(_fmt(v, ".4f") for v in values) + " |")
+    labels = list(methods)
+    symbol = {"lower": "<", "higher": ">", "tie": "=", None: "–"}
+    lines += [
+        "",
+        "## Pairwise: row vs column on mean final test eval loss",
+        "",
+        f"`<` lower, `>` higher, `=` tie. Tie rule: {TIE_RULE}.",
+        "",
+        "| | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for label in labels:
+        cells = [
+            "·" if other == label else symbol[methods[label]["vs_entries"][other]]
+            for other in labels
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Eval loss: mean answer-token loss on the task's held-out test split (lower is better); "
+        "validation losses are on the held-out slice of the training data. Metric: the task "
+        "benchmark on the final model. Bytes: Flower record payloads, whole run. Step time: "
+        "mean seconds per local training step. Energy: CodeCarbon, whole run.",
         "",
     ]
     return "\n".join(lines)

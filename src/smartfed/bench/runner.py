@@ -7,6 +7,10 @@
 
 A finished entry (its summary.json exists) is skipped; an interrupted one resumes from its last
 checkpoint, so rerunning the same command after a crash completes the bench.
+
+With ``--sweep`` or several ``--seeds`` the runs go to BENCH_DIR/tune/<label>/<point>/ (tuning
+on the validation slice) and BENCH_DIR/<label>/seed<k>/ (the chosen point on the test split);
+see :mod:`smartfed.bench.sweep`. bench.json then also records the sweep and the seeds.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from smartfed.assembly.config import SettingValues
-from smartfed.bench.results import bench_results, read_run, results_markdown
+from smartfed.bench.results import bench_results, read_run, results_markdown, seeded_results
+from smartfed.bench.sweep import TUNE_DIR, Sweep, check_sweep, choose, point_name, untuned_reason
 from smartfed.bench.variants import BenchEntry
 from smartfed.engine.config import RunConfig
 from smartfed.errors import ConfigError
@@ -37,27 +42,42 @@ def _check_same_bench(path: Path, record: dict[str, Any]) -> None:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    differing = sorted(
-        key
-        for key in set(saved.get("settings", {})) | set(record["settings"])
-        if saved.get("settings", {}).get(key) != record["settings"].get(key)
-    )
+    for key, flag in (("sweep", "--sweep"), ("seeds", "--seeds")):
+        if saved.get(key) != record.get(key):
+            raise ConfigError(
+                f"{path.parent} holds a bench with another {flag} ({saved.get(key)!r} there, "
+                f"{record.get(key)!r} now); rerun it with the same {flag} or choose another "
+                "--output_dir"
+            )
+    # A setting missing on one side (a bench written before it existed) counts as its default.
+    defaults = RunConfig.defaults()
+    there = {**defaults, **saved.get("settings", {})}
+    now = {**defaults, **record["settings"]}
+    differing = sorted(key for key in set(there) | set(now) if there.get(key) != now.get(key))
     if differing:
         key = differing[0]
         raise ConfigError(
             f"{path.parent} holds a bench with other settings ({key}: "
-            f"{saved['settings'].get(key)!r} there, {record['settings'].get(key)!r} now); "
+            f"{there.get(key)!r} there, {now.get(key)!r} now); "
             "rerun it with the same settings or choose another --output_dir"
         )
 
 
 def run_bench(
-    values: SettingValues, entries: list[BenchEntry], bench_dir: str | Path, command: str
+    values: SettingValues,
+    entries: list[BenchEntry],
+    bench_dir: str | Path,
+    command: str,
+    *,
+    sweep: Sweep | None = None,
+    seeds: list[int] | None = None,
+    tune_only: bool = False,
 ) -> dict[str, Any]:
     """Run every entry (skipping finished ones), then write results.json and results.md.
 
     ``values`` are the bench's settings; each entry's config takes the method settings its
-    method declares (:meth:`SettingValues.config_for`), then the entry's own overrides."""
+    method declares (:meth:`SettingValues.config_for`), then the entry's own overrides. With
+    ``sweep`` or ``seeds`` see :func:`run_sweep_bench`."""
     from smartfed.federation.runner import run_federated
 
     bench_dir = Path(bench_dir)
@@ -70,6 +90,10 @@ def run_bench(
             {"label": e.label, "method": e.method, "overrides": e.overrides} for e in entries
         ],
     }
+    if sweep is not None or seeds is not None or tune_only:
+        return run_sweep_bench(
+            values, entries, bench_dir, record, base, sweep=sweep, seeds=seeds, tune_only=tune_only
+        )
     _check_same_bench(bench_dir / "bench.json", record)
     write_json_atomic(bench_dir / "bench.json", record)
     for number, entry in enumerate(entries, start=1):
@@ -85,6 +109,141 @@ def run_bench(
         run_federated(config)
     runs = {e.label: read_run(bench_dir / e.label) for e in entries}
     results = bench_results(base.task, command, runs, record["settings"])
+    write_json_atomic(bench_dir / "results.json", results)
+    write_text_atomic(bench_dir / "results.md", results_markdown(results))
+    return results
+
+
+def _run(config: RunConfig, run_dir: Path, name: str, description: str) -> None:
+    """One run into ``run_dir``: skipped when finished, resumed when interrupted."""
+    from smartfed.federation.runner import run_federated
+
+    if (run_dir / "summary.json").is_file():
+        print(f"{name}: done, skipped", flush=True)
+        return
+    resume = (run_dir / "checkpoints").is_dir()
+    config.resume = resume
+    print(f"{name}: {'resuming' if resume else 'running'} ({description})", flush=True)
+    run_federated(config)
+
+
+def _final_loss(run_dir: Path) -> float | None:
+    return (read_run(run_dir)["summary"].get("final_eval") or {}).get("eval_loss")
+
+
+def run_sweep_bench(
+    values: SettingValues,
+    entries: list[BenchEntry],
+    bench_dir: Path,
+    record: dict[str, Any],
+    base: RunConfig,
+    *,
+    sweep: Sweep | None,
+    seeds: list[int] | None,
+    tune_only: bool = False,
+) -> dict[str, Any]:
+    """Tune on the validation slice, then run the chosen points for every seed.
+
+    Phase 1 (with ``sweep``): every tunable entry runs every grid point with
+    ``eval_split=validation`` and the first seed into tune/<label>/<point>/; the lowest final
+    validation loss chooses (:func:`smartfed.bench.sweep.choose`). Phase 2 (skipped with
+    ``tune_only``): every entry runs its chosen point (untuned: its defaults) once per seed
+    into <label>/seed<k>/ with the bench's own eval split. Every config is built before the
+    first run, so a bad grid value fails in one line before any work."""
+    seeds = list(seeds) if seeds is not None else [base.seed]
+    if sweep is not None:
+        check_sweep(sweep, entries)
+        if base.eval_split != "test":
+            raise ConfigError(
+                "--sweep tunes on the validation slice and reports on the test split: do not "
+                "give --eval_split"
+            )
+        if base.eval_samples == 0:
+            raise ConfigError("--sweep chooses on the validation loss: --eval_samples must be > 0")
+    elif tune_only:
+        raise ConfigError("--tune_only needs --sweep")
+    settings = {k: v for k, v in record["settings"].items() if k != "seed"}  # that is seeds
+    record = {**record, "settings": settings, "sweep": sweep.to_record() if sweep else None,
+              "seeds": seeds}  # fmt: skip
+    _check_same_bench(bench_dir / "bench.json", record)
+
+    grid = sweep.grid if sweep else []
+    reasons = {e.label: untuned_reason(e, sweep) if sweep else "no --sweep" for e in entries}
+    tune_plan = []  # (entry, point, run_dir, config)
+    for entry in entries:
+        if reasons[entry.label] is None:
+            for point in grid:
+                run_dir = bench_dir / TUNE_DIR / entry.label / point_name(point)
+                overrides = {
+                    **entry.overrides,
+                    **point,
+                    "seed": seeds[0],
+                    "output_dir": str(run_dir),
+                    "eval_split": "validation",
+                    "metric_samples": 0,  # the task benchmark is test data
+                }
+                config = values.config_for(entry.method, overrides, strict=False)
+                tune_plan.append((entry, point, run_dir, config))
+    for entry in entries:  # the test-split runs' settings fail now too, not after tuning
+        for point in grid[:1] if reasons[entry.label] is None else [{}]:
+            values.config_for(entry.method, {**entry.overrides, **point}, strict=False)
+    write_json_atomic(bench_dir / "bench.json", record)
+
+    total = len(tune_plan)
+    for number, (entry, point, run_dir, config) in enumerate(tune_plan, start=1):
+        name = f"[tune {number}/{total}] {entry.label} {point_name(point)}"
+        _run(config, run_dir, name, "validation split")
+    tuning: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        rows = [
+            {
+                "point": point,
+                "run_dir": str(run_dir.relative_to(bench_dir)),
+                "validation_loss": _final_loss(run_dir),
+            }
+            for e, point, run_dir, _ in tune_plan
+            if e.label == entry.label
+        ]
+        best = choose([row["validation_loss"] for row in rows]) if rows else None
+        if best is None and rows:  # nothing finite to choose from: the first, as on ties
+            print(f"{entry.label}: no grid point has a finite validation loss", flush=True)
+        tuning[entry.label] = {
+            "method": entry.method,
+            "tuned": bool(rows),
+            "untuned_reason": reasons[entry.label],
+            "grid": rows,
+            "chosen": rows[best if best is not None else 0]["point"] if rows else None,
+            "chosen_by": None
+            if not rows
+            else "lowest final validation loss"
+            if best is not None
+            else "first grid point (no finite validation loss)",
+        }
+
+    runs_by_seed: dict[int, dict[str, dict[str, Any]]] = {}
+    if not tune_only:
+        final_plan = []
+        for entry in entries:
+            chosen = tuning[entry.label]["chosen"] or {}
+            for seed in seeds:
+                run_dir = bench_dir / entry.label / f"seed{seed}"
+                overrides = {**entry.overrides, **chosen, "seed": seed, "output_dir": str(run_dir)}
+                config = values.config_for(entry.method, overrides, strict=False)
+                final_plan.append((entry, seed, run_dir, config))
+        total = len(final_plan)
+        for number, (entry, seed, run_dir, config) in enumerate(final_plan, start=1):
+            _run(config, run_dir, f"[{number}/{total}] {entry.label} seed{seed}", entry.description)
+        for entry, seed, run_dir, _ in final_plan:
+            runs_by_seed.setdefault(seed, {})[entry.label] = read_run(run_dir)
+    results = seeded_results(
+        base.task,
+        record["command"],
+        record["settings"],
+        sweep=record["sweep"],
+        seeds=seeds,
+        tuning=tuning,
+        runs_by_seed=runs_by_seed,
+    )
     write_json_atomic(bench_dir / "results.json", results)
     write_text_atomic(bench_dir / "results.md", results_markdown(results))
     return results

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 
 from smartfed.cli.run_command import add_run_arguments, check_inputs, given_settings, setting_flags
 from smartfed.errors import ConfigError
@@ -17,7 +18,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run several methods on one task with identical settings, then tabulate and plot",
         description="Every method gets the same task, data, partition, seed, rounds and "
         "evaluation; each runs into BENCH_DIR/<method>/ and a rerun skips finished methods and "
-        "resumes an interrupted one. Shared settings are the `smartfed run` flags.",
+        "resumes an interrupted one. Shared settings are the `smartfed run` flags. "
+        "Honest tuning: with --sweep SETTING=v1,v2 every entry whose method declares SETTING "
+        "runs the grid on a validation slice held out of the training data (--eval_split "
+        "validation: the test split is never read) into BENCH_DIR/tune/<method>/<SETTING=v>/, "
+        "keeps the value with the lowest final validation loss (ties: the first), then runs "
+        "it on the test split once per --seeds seed into BENCH_DIR/<method>/seed<k>/; "
+        "results report mean ± sample std over seeds and call a difference within "
+        "std_a + std_b a tie.",
     )
     bench.add_argument(
         "--methods",
@@ -29,6 +37,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="data-efficiency mode: also run SmartFed on this share of every client's data",
+    )
+    bench.add_argument(
+        "--sweep",
+        action="append",
+        metavar="SETTING=v1,v2,...",
+        help="tune SETTING per entry over these values on the validation slice (lowest final "
+        "validation loss wins, ties go to the first value); entries whose method does not "
+        "declare SETTING run untuned. Repeat for a product grid",
+    )
+    bench.add_argument(
+        "--seeds",
+        metavar="S1,S2,...",
+        help="run every entry (its tuned value with --sweep) once per seed and report mean ± "
+        "sample std; tuning uses the first seed. Replaces --seed",
+    )
+    bench.add_argument(
+        "--tune_only",
+        action="store_true",
+        help="with --sweep: run only the tuning phase (never reads the test split), then stop",
     )
     bench.add_argument("--no_report", action="store_true", help="skip the plots and report.md")
     add_run_arguments(bench)
@@ -46,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from smartfed.assembly.config import gather
     from smartfed.bench.runner import run_bench
+    from smartfed.bench.sweep import parse_seeds, parse_sweep
     from smartfed.bench.variants import default_methods, resolve_entries
 
     if args.resume:
@@ -56,12 +84,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     entries = resolve_entries([n for n in names if n], args.data_fraction)
     if args.output_dir is None:
         args.output_dir = f"runs/bench_{args.task or (args.preset or 'default')}"
-    values = gather(preset=args.preset, config_file=args.config, overrides=given_settings(args))
+    sweep, seeds = parse_sweep(args.sweep), parse_seeds(args.seeds)
+    given = given_settings(args)
+    if seeds is not None and "seed" in given:
+        raise ConfigError("give either --seed or --seeds, not both")
+    for name in sweep.names if sweep else []:
+        if name in given:
+            raise ConfigError(f"--{name} is swept by --sweep; do not also give it as a flag")
+    if args.tune_only and sweep is None:
+        raise ConfigError("--tune_only needs --sweep")
+    if seeds is not None and len(seeds) == 1 and sweep is None:
+        given["seed"], seeds = seeds[0], None  # one seed and no grid: an ordinary bench
+    values = gather(preset=args.preset, config_file=args.config, overrides=given)
     values.check_declared_by([e.method for e in entries])
     base = values.config_for(entries[0].method, strict=False)
-    check_inputs(base)
+    # With --tune_only the test split is never read, not even to check that it exists.
+    check_inputs(
+        replace(base, eval_split="validation", metric_samples=0) if args.tune_only else base
+    )
     command = "smartfed " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
-    results = run_bench(values, entries, base.output_dir, command or _rebuild(args))
+    results = run_bench(
+        values,
+        entries,
+        base.output_dir,
+        command or _rebuild(args),
+        sweep=sweep,
+        seeds=seeds,
+        tune_only=args.tune_only,
+    )
+    if args.tune_only:
+        for label, result in results["methods"].items():
+            chosen = result["chosen"]
+            shown = ", ".join(f"{k}={v}" for k, v in chosen.items()) if chosen else "untuned"
+            print(f"{label}: {shown}")
+        print(f"tuning results: {base.output_dir}/results.md")
+        return 0
     if not args.no_report:
         from smartfed.report import write_report
 
@@ -74,16 +131,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         default=None,
     )
     if best:
-        print(f"lowest final eval loss: {best['method']} ({best['final_eval_loss']:.4f})")
+        what = "mean final test eval loss over seeds" if "seeds" in results else "final eval loss"
+        print(f"lowest {what}: {best['method']} ({best['final_eval_loss']:.4f})")
     return 0
 
 
 def _rebuild(args: argparse.Namespace) -> str:
     """The bench command line from parsed arguments (when not called from the shell)."""
     parts = ["smartfed", "bench"]
-    for key in ("methods", "data_fraction", "preset", "config"):
+    for key in ("methods", "data_fraction", "preset", "config", "seeds"):
         if getattr(args, key, None) is not None:
             parts += [f"--{key}", str(getattr(args, key))]
+    for spec in getattr(args, "sweep", None) or []:
+        parts += ["--sweep", spec]
+    if getattr(args, "tune_only", False):
+        parts.append("--tune_only")
     for key in setting_flags():
         value = getattr(args, key, None)
         if value is None or key == "method":

@@ -38,7 +38,10 @@ def _add_flag(parser: argparse.ArgumentParser, item: Field, owners: list[str] | 
     kind, _ = kind_of(item)
     text = item.metadata["help"]
     if owners:
-        text = f"{text} [{', '.join(owners)}]"
+        # Methods sharing a setting name may describe it differently: show each wording once.
+        helps = [get_method(o).settings_class.field_named(item.name).metadata["help"]
+                 for o in owners]  # fmt: skip
+        text = f"{' / '.join(dict.fromkeys(helps))} [{', '.join(owners)}]"
     choices = item.metadata.get("choices")
     if kind is bool:
         parser.add_argument(
@@ -108,10 +111,10 @@ def check_inputs(config: RunConfig) -> None:
     logging.disable(logging.INFO)  # the run itself logs where its data comes from, once
     try:
         task = get_task(config.task)
-        for dataset, split in (
-            (task.train_dataset, task.train_split),
-            (task.eval_dataset, task.eval_split),
-        ):
+        splits = [(task.train_dataset, task.train_split)]
+        if config.eval_split == "test":  # validation is carved from train: never open test
+            splits.append((task.eval_dataset, task.eval_split))
+        for dataset, split in splits:
             load_examples(dataset, split, data_dir=config.data_dir, limit=1)
         registry = PoolRegistry.default(config.pool_manifest)
         for item in config.pool_items:

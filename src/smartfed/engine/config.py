@@ -18,6 +18,9 @@ from smartfed.errors import ConfigError
 
 PARTITIONS = ("iid", "dirichlet", "natural")
 ENGINES = ("inprocess", "simulation")
+# Precision of the tensors exchanged with clients (the server averages and keeps float32).
+WIRE_DTYPES = ("float32", "bfloat16", "float16")
+EVAL_SPLITS = ("test", "validation")
 # config.json layout: 1 = one flat dict of every method's settings (SmartFed <= 0.1),
 # 2 = shared settings + "method_settings" (the chosen method's block).
 CONFIG_FORMAT = 2
@@ -47,6 +50,12 @@ class RunConfig(Settings):
     batch_size: int = setting(16, "local batch size", minimum=1)
     max_seq_len: int = setting(256, "maximum tokens per example", minimum=1)
     min_replies: int = setting(1, "fewest usable client replies a round may aggregate", minimum=1)
+    wire_dtype: str = setting(
+        "float32",
+        "precision of the tensors sent each way (the server averages and keeps float32; "
+        "bfloat16 and float16 halve the bytes)",
+        choices=WIRE_DTYPES,
+    )
     # data split and evaluation
     partition: str = setting("iid", "how client data is split", choices=PARTITIONS)
     dirichlet_alpha: float | None = setting(
@@ -62,6 +71,13 @@ class RunConfig(Settings):
     eval_every: int = setting(1, "evaluate every N rounds (and after the last)", minimum=1)
     eval_samples: int = setting(
         64, "held-out examples for the eval loss (0: no evaluation)", minimum=0
+    )
+    eval_split: str = setting(
+        "test",
+        "where the per-round eval loss comes from: test (the task's held-out split) or "
+        "validation (a seeded slice of eval_samples training examples, kept out of every "
+        "client's partition; the test split is never read)",
+        choices=EVAL_SPLITS,
     )
     eval_batch_size: int = setting(8, "evaluation batch size", minimum=1)
     metric_samples: int = setting(
@@ -98,6 +114,11 @@ class RunConfig(Settings):
                     )
         elif self.partition == "natural" and self.dirichlet_alpha is not None:
             raise ConfigError("--dirichlet_alpha applies to --partition dirichlet only")
+        if self.eval_split == "validation" and self.metric_samples:
+            raise ConfigError(
+                "--metric_samples scores the task's test benchmark; it does not apply with "
+                "--eval_split validation (which never reads test data)"
+            )
         if self.partition == "dirichlet" and self.dirichlet_alpha is None:
             self.dirichlet_alpha = DEFAULT_DIRICHLET_ALPHA
         task = get_task(self.task)  # unknown tasks fail here, listing the known ones
