@@ -299,6 +299,7 @@ class RunRecorder:
             "mean_step_time_s": float(np.mean([r["step_time_s"] for r in rows])) if rows else None,
             "trainable_parameters": method.num_trainable_parameters(),
             "communicated_parameters": sum(t.numel() for t in method.global_state().values()),
+            "wire_dtype": self.config.wire_dtype,  # the precision those values travelled in
             "lora_equivalent_parameters": method.pool.num_parameters,
             "final_state": method.describe_final() if method.has_global_model else None,
             "pool": method.pool.names,

@@ -3,6 +3,8 @@
 What is trained and sent is the method's business (:mod:`smartfed.methods`): routers for
 SmartFed and MoLE, A and B for FedIT, B for FFA-LoRA, A for FedSA-LoRA. A method's client-local
 state (FedSA-LoRA's B) lives in the node's ``context.state`` between rounds, as Flower intends.
+Received state is decoded into the float32 parameters; the update is sent in the run's
+``wire_dtype`` (:mod:`.wire`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from smartfed.assembly.runtime import get_runtime
 from smartfed.engine.evaluation import evaluate_loss
 from smartfed.engine.training import client_seed, train_local
 from smartfed.federation.settings import from_run_config
+from smartfed.federation.wire import from_wire, to_wire
 
 app = ClientApp()
 LOCAL_STATE_KEY = "smartfed-local-state"
@@ -32,7 +35,7 @@ def train(msg: Message, context: Context) -> Message:
     update = train_local(
         method,
         (stream.next_batch() for _ in range(config.local_steps)),
-        global_state=msg.content["arrays"].to_torch_state_dict(),
+        global_state=from_wire(msg.content["arrays"]),
         local_state=kept.to_torch_state_dict() if kept else runtime.initial_local_state,
         round_config=dict(round_config),
         local_steps=config.local_steps,
@@ -49,7 +52,7 @@ def train(msg: Message, context: Context) -> Message:
         "step-time-s": update.step_time_s,
         **update.metrics,
     }
-    arrays = ArrayRecord(update.global_state)
+    arrays = to_wire(update.global_state, config.wire_dtype)
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -61,7 +64,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     runtime = get_runtime(config)
     method = runtime.method
     kept = context.state.get(LOCAL_STATE_KEY)
-    method.load_global_state(msg.content["arrays"].to_torch_state_dict())
+    method.load_global_state(from_wire(msg.content["arrays"]))
     method.load_local_state(kept.to_torch_state_dict() if kept else runtime.initial_local_state)
     method.apply_round_config(dict(msg.content["config"]))
     result = evaluate_loss(method.model, runtime.eval_batches)

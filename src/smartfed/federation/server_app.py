@@ -63,6 +63,7 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
         on_round_end=round_ended,
         round_offset=recorder.rounds_done,
         client_eval_rounds=recorder.is_eval_round if method.evaluates_on_clients else None,
+        wire_dtype=config.wire_dtype,
     )
     global_state = resumed.global_state if resumed else runtime.initial_global_state
     with recorder.measuring_energy():

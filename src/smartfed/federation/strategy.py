@@ -11,7 +11,10 @@ On top of FedAvg it
 - where the method evaluates on clients (FedSA-LoRA's personalised models), runs Flower's
   evaluate round on the clients that trained, with the new global state, and keeps the
   token-weighted loss;
-- counts the bytes of every record it sends and receives;
+- sends the global state in the run's wire dtype (``wire_dtype``), decodes replies to float32
+  before anything reads them, and averages and keeps the global state in float32
+  (:mod:`.wire`);
+- counts the bytes of every record it sends and receives, as sent (in the wire dtype);
 - hands each finished round's :class:`RoundReport` and new global state to ``on_round_end``
   (the ServerApp evaluates and records it), where Flower's central evaluation would run.
 """
@@ -33,6 +36,7 @@ from smartfed.engine.method import ServerLogic
 from smartfed.engine.recorder import RoundReport
 from smartfed.engine.training import is_finite_update
 from smartfed.errors import SmartFedError
+from smartfed.federation.wire import as_float32, recast
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class SmartFedStrategy(FedAvg):
         round_offset: int = 0,
         node_wait_s: float = 600.0,
         client_eval_rounds: Callable[[int], bool] | None = None,
+        wire_dtype: str = "float32",
     ):
         flower_log = logging.getLogger("flwr")
         level = flower_log.level
@@ -88,6 +93,7 @@ class SmartFedStrategy(FedAvg):
         # Rounds (absolute) in which clients evaluate their own models; None: never.
         self.client_eval_rounds = client_eval_rounds
         self.on_round_end = on_round_end
+        self.wire_dtype = wire_dtype
         self._report: RoundReport | None = None  # the round in progress
 
     def run(
@@ -130,6 +136,7 @@ class SmartFedStrategy(FedAvg):
         chosen = sorted(int(n) for n in rng.choice(node_ids, self.sample_clients, replace=False))
         extra = self.server_logic.round_config()
         config = ConfigRecord({**dict(config), **extra, "server-round": absolute})
+        arrays = recast(arrays, self.wire_dtype)
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         report = RoundReport(server_round=absolute, sampled=chosen, round_config=extra)
         report.bytes_down = record_bytes(content) * len(chosen)
@@ -152,8 +159,8 @@ class SmartFedStrategy(FedAvg):
             if reply.has_error():
                 report.dropped[node] = f"client error: {reply.error.reason}"
                 continue
-            report.bytes_up += record_bytes(reply.content)
-            reason = self._unusable(reply)
+            report.bytes_up += record_bytes(reply.content)  # as sent: in the wire dtype
+            reason = self._to_float32(reply) or self._unusable(reply)
             if reason:
                 report.dropped[node] = reason
             else:
@@ -192,6 +199,7 @@ class SmartFedStrategy(FedAvg):
         report = self._current(absolute)
         nodes = [node for node in report.sampled if node not in report.dropped]
         config = ConfigRecord({**report.round_config, "server-round": absolute})
+        arrays = recast(arrays, self.wire_dtype)
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         report.bytes_eval = record_bytes(content) * len(nodes)
         return [
@@ -238,6 +246,17 @@ class SmartFedStrategy(FedAvg):
         report = self._report
         assert report is not None and report.server_round == absolute, (absolute, report)
         return report
+
+    @staticmethod
+    def _to_float32(reply: Message) -> str | None:
+        """Decode the reply's arrays to float32 in place (FedAvg then averages in float32);
+        the reason if they cannot be read."""
+        if "arrays" in reply.content:
+            try:
+                reply.content["arrays"] = as_float32(reply.content["arrays"])
+            except (ValueError, TypeError, KeyError) as exc:
+                return f"cannot read the reply's arrays: {exc}"
+        return None
 
     def _unusable(self, reply: Message) -> str | None:
         content = reply.content
