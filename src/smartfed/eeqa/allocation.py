@@ -12,6 +12,15 @@ Tie-breaking (deterministic): matrices are ranked by their remainder ``q_ℓ −
 remainders are ranked by matrix index, the lower index first. The lower index therefore wins a
 tie both ways: it receives a unit first while units are handed out, and it gives a unit back
 last while units are taken back.
+
+Two optional limits keep the schedule from jolting the model (both off by default, which
+reproduces the plain allocation exactly): ``k_max`` bounds every quota from above, and
+``max_move`` bounds how far a quota may move from the ``previous`` round's,
+``|K_ℓ − K_ℓ^prev| <= max_move``. Each matrix then has the interval ``[lo_ℓ, hi_ℓ]`` with
+``lo_ℓ = max(k_min, K_ℓ^prev − max_move)`` and ``hi_ℓ = min(M_ℓ, k_max, K_ℓ^prev + max_move)``.
+When these intervals cannot spend the budget (or cannot give enough back), the rule is: spend as
+close to it as they allow, ``Σ K = clip(B, Σ lo, Σ hi)``; the quotas still move toward the
+proportional target ``q``, so the budget is reached within a few rounds.
 """
 
 from __future__ import annotations
@@ -49,6 +58,21 @@ def _as_int(value: object, name: str) -> int:
     return int(value)
 
 
+def _as_previous(previous: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """Validate the previous round's quotas (needed with ``max_move``) as an int64 array."""
+    if previous is None:
+        raise ConfigError("EEQA: max_move needs the previous round's quotas")
+    prev = np.asarray(previous)
+    if prev.shape != shape:
+        raise ConfigError(f"EEQA: previous quotas have shape {prev.shape}, expected {shape}")
+    if prev.dtype.kind == "f":
+        if not np.all(np.isfinite(prev)) or not np.all(prev == np.floor(prev)):
+            raise ConfigError(f"EEQA: previous quotas must be integers, got {prev.tolist()}")
+    elif prev.dtype.kind not in "iu":
+        raise ConfigError(f"EEQA: previous quotas must be integers, got dtype {prev.dtype}")
+    return prev.astype(np.int64)
+
+
 def uniform_quotas(capacities: np.ndarray, k: int) -> np.ndarray:
     """Quota ``min(k, M_ℓ)`` for every matrix: the warm-up allocation before importance exists.
 
@@ -67,6 +91,10 @@ def allocate_quotas(
     capacities: np.ndarray,
     total_budget: int,
     k_min: int = 1,
+    *,
+    k_max: int | None = None,
+    previous: np.ndarray | None = None,
+    max_move: int | None = None,
 ) -> np.ndarray:
     """Split ``total_budget`` experts over matrices in proportion to their importance.
 
@@ -74,22 +102,30 @@ def allocate_quotas(
         importance: ``I_ℓ >= 0`` per matrix (finite). All zeros means "no information" and is
             treated as uniform importance.
         capacities: ``M_ℓ >= 1``, the number of experts available to matrix ``ℓ``.
-        total_budget: ``K_tot``, usually ``K · P``. Only ``min(K_tot, Σ M_ℓ)`` can be spent.
+        total_budget: ``K_tot``, usually ``K · P``. Only ``min(K_tot, Σ min(M_ℓ, k_max))`` can
+            be spent.
         k_min: lower bound on every quota (every matrix keeps at least this many experts).
+        k_max: upper bound on every quota (None: only ``M_ℓ``); must be ``>= k_min``.
+        previous: the quotas of the round before, each in ``[k_min, min(M_ℓ, k_max)]``; needed
+            with ``max_move``, ignored without it.
+        max_move: ``>= 1``, the most a quota may move from ``previous`` (None: no limit).
 
     Returns:
-        int64 array ``K`` of shape ``(P,)`` with ``Σ K = min(K_tot, Σ M)`` and
-        ``k_min <= K_ℓ <= M_ℓ``.
+        int64 array ``K`` of shape ``(P,)`` with ``k_min <= K_ℓ <= min(M_ℓ, k_max)``,
+        ``|K_ℓ − previous_ℓ| <= max_move`` and ``Σ K = clip(B, Σ lo, Σ hi)`` (module
+        docstring), which is ``B = min(K_tot, Σ min(M, k_max))`` whenever the move limit allows
+        it, in particular always without ``max_move``.
 
-    Algorithm (DESIGN §1.4), with ``B = min(K_tot, Σ M)`` the effective budget:
+    Algorithm (DESIGN §1.4), with ``B`` the effective budget, ``T = clip(B, Σ lo, Σ hi)`` what
+    is spent, and ``lo_ℓ = k_min``, ``hi_ℓ = M_ℓ`` unless ``k_max``/``max_move`` narrow them:
 
-    1. proportional: ``q_ℓ = B · I_ℓ / Σ I``; ``K_ℓ = clip(floor(q_ℓ), k_min, M_ℓ)``.
+    1. proportional: ``q_ℓ = B · I_ℓ / Σ I``; ``K_ℓ = clip(floor(q_ℓ), lo_ℓ, hi_ℓ)``.
        (Using ``B`` rather than ``K_tot`` in ``q`` changes nothing: when ``K_tot > Σ M`` the
        only feasible answer is ``K = M`` either way.)
-    2. greedy residual: while ``Σ K < B``, give one unit to the matrix with the largest
-       remainder ``q_ℓ − K_ℓ`` among those with ``K_ℓ < M_ℓ``; while ``Σ K > B`` (the ``k_min``
+    2. greedy residual: while ``Σ K < T``, give one unit to the matrix with the largest
+       remainder ``q_ℓ − K_ℓ`` among those with ``K_ℓ < hi_ℓ``; while ``Σ K > T`` (the lower
        clip overshot), take one unit back from the matrix with the smallest remainder among
-       those with ``K_ℓ > k_min``. Remainders are recomputed after every unit, ties go to the
+       those with ``K_ℓ > lo_ℓ``. Remainders are recomputed after every unit, ties go to the
        lower matrix index (see the module docstring).
 
     The residual phase runs on a heap, O(units · log P), because caps can leave far more than
@@ -119,12 +155,38 @@ def allocate_quotas(
         )
 
     n = caps.size
-    budget = min(total_budget, int(caps.sum()))
+    hi = caps.copy()
+    capped = ""
+    if k_max is not None:
+        k_max = _as_int(k_max, "k_max")
+        if k_max < k_min:
+            raise ConfigError(f"EEQA: k_max={k_max} is below k_min={k_min}")
+        hi = np.minimum(hi, k_max)
+        capped = f", each capped at k_max={k_max}"
+    upper = hi.copy()  # min(M_ℓ, k_max): the bounds every quota must respect
+    budget = min(total_budget, int(upper.sum()))
     if budget < k_min * n:
         raise ConfigError(
             f"EEQA: budget {budget} (total_budget={total_budget}, sum of capacities="
-            f"{int(caps.sum())}) is below k_min * P = {k_min} * {n} = {k_min * n}"
+            f"{int(upper.sum())}{capped}) is below k_min * P = {k_min} * {n} = {k_min * n}"
         )
+    lo = np.full(n, k_min, dtype=np.int64)
+    target = budget
+    if max_move is not None:
+        max_move = _as_int(max_move, "max_move")
+        if max_move < 1:
+            raise ConfigError(f"EEQA: max_move must be >= 1, got {max_move}")
+        prev = _as_previous(previous, caps.shape)
+        if np.any(prev < k_min) or np.any(prev > upper):
+            bad = int(np.argmax((prev < k_min) | (prev > upper)))
+            raise ConfigError(
+                f"EEQA: previous quota {int(prev[bad])} of matrix {bad} lies outside "
+                f"[k_min, min(M, k_max)] = [{k_min}, {int(upper[bad])}]"
+            )
+        lo = np.maximum(lo, prev - max_move)
+        hi = np.minimum(hi, prev + max_move)
+        # The move limit may not reach the budget (or give enough back): spend what it allows.
+        target = min(max(budget, int(lo.sum())), int(hi.sum()))
 
     # Proportional phase. All-zero importance carries no information: every matrix gets the
     # same share. Otherwise rescale by a power of two (exact in floating point) so that Σ I
@@ -133,29 +195,29 @@ def allocate_quotas(
     peak = float(imp.max())
     share = np.ldexp(imp, -int(np.frexp(peak)[1])) if peak > 0 else np.ones(n, dtype=np.float64)
     q = budget * share / share.sum()
-    quotas = np.clip(np.floor(q).astype(np.int64), k_min, caps)
+    quotas = np.clip(np.floor(q).astype(np.int64), lo, hi)
 
-    diff = budget - int(quotas.sum())
+    diff = target - int(quotas.sum())
     if diff > 0:
         # Max-heap on remainder via (-remainder, index): lower index wins ties.
-        heap = [(float(quotas[i] - q[i]), i) for i in range(n) if quotas[i] < caps[i]]
+        heap = [(float(quotas[i] - q[i]), i) for i in range(n) if quotas[i] < hi[i]]
         heapq.heapify(heap)
         for _ in range(diff):
-            # Non-empty: budget <= Σ M guarantees room somewhere while Σ K < budget.
+            # Non-empty: target <= Σ hi guarantees room somewhere while Σ K < target.
             _, i = heapq.heappop(heap)
             quotas[i] += 1
-            if quotas[i] < caps[i]:
+            if quotas[i] < hi[i]:
                 heapq.heappush(heap, (float(quotas[i] - q[i]), i))
     elif diff < 0:
         # Min-heap on remainder; among equal remainders the higher index gives back first,
         # hence the key -index (the lower index keeps its unit longest).
-        heap = [(float(q[i] - quotas[i]), -i) for i in range(n) if quotas[i] > k_min]
+        heap = [(float(q[i] - quotas[i]), -i) for i in range(n) if quotas[i] > lo[i]]
         heapq.heapify(heap)
         for _ in range(-diff):
-            # Non-empty: budget >= k_min * P guarantees a donor while Σ K > budget.
+            # Non-empty: target >= Σ lo guarantees a donor while Σ K > target.
             _, neg_i = heapq.heappop(heap)
             i = -neg_i
             quotas[i] -= 1
-            if quotas[i] > k_min:
+            if quotas[i] > lo[i]:
                 heapq.heappush(heap, (float(q[i] - quotas[i]), -i))
     return quotas

@@ -36,10 +36,24 @@ def next_quotas(
     completed_round: int,
     warmup_rounds: int,
     enable_eeqa: bool,
+    previous: np.ndarray | None = None,
+    k_max: int | None = None,
+    max_move: int | None = None,
 ) -> np.ndarray:
-    """Quotas for the round after ``completed_round``: uniform K during warm-up or without EEQA."""
+    """Quotas for the round after ``completed_round``: uniform K during warm-up or without EEQA.
+
+    ``previous`` is the quota table of the round just completed; with ``max_move`` no quota
+    moves further than that from it (None, the first table of a run: the uniform table)."""
     uniform = uniform_quotas(capacities, top_k)
     if not enable_eeqa or importance is None or completed_round < warmup_rounds:
         return uniform
-    # DESIGN §1.4: K_tot = K·P; EEQA spends min(K_tot, Σ M_ℓ) of it.
-    return allocate_quotas(importance, capacities, top_k * len(capacities), k_min=k_min)
+    # DESIGN §1.4: K_tot = K·P; EEQA spends min(K_tot, Σ min(M_ℓ, k_max)) of it.
+    return allocate_quotas(
+        importance,
+        capacities,
+        top_k * len(capacities),
+        k_min=k_min,
+        k_max=k_max,
+        previous=uniform if previous is None else previous,
+        max_move=max_move,
+    )

@@ -1,10 +1,22 @@
-"""Per-token importance scorers, evaluated inside the MoRE layer's normal forward pass.
+"""Per-token importance scorers, evaluated inside the MoRE layer's normal training step.
 
 A scorer sees one matrix's tensors for the tokens of a batch and returns
 ``(matrix_score[N], expert_score[N, M])``; the layer sums them over real (non-padding) tokens.
-The server later averages the per-client means weighted by token counts (``aggregation.py``).
+The server later averages the per-client values weighted by token counts (``aggregation.py``).
 
 Scorers are registered by name so an ablation is one ``--importance_score`` flag, not an edit.
+A registration also says *when* the scorer runs and *how* its sums become one number per
+matrix (:class:`ImportanceScore`):
+
+- ``needs_grad=False``: called in the forward pass with :class:`ScoreInputs` (outputs with and
+  without the experts). ``needs_grad=True``: called in the backward pass of a training step with
+  :class:`GateGradInputs` (the gates and the loss gradient at the gates), through a tensor hook
+  on the gates: no extra forward or backward pass. Without a backward (evaluation, no_grad) a
+  gradient scorer records nothing.
+- ``reduction="mean"``: a matrix's score is its per-token mean over real tokens.
+  ``reduction="share"``: its sum over real tokens divided by the sum over all matrices of the
+  model, i.e. shares that sum to 1 per client (all zeros if every sum is zero), so the value is
+  bounded in [0, 1] whatever the scale of the per-token score.
 """
 
 from __future__ import annotations
@@ -26,15 +38,45 @@ class ScoreInputs:
     expert_norms: torch.Tensor  # (N, M) ‖E_j(x)‖ for every expert
 
 
-Scorer = Callable[[ScoreInputs], tuple[torch.Tensor, torch.Tensor]]
-IMPORTANCE_SCORES: dict[str, Scorer] = {}
+@dataclass(frozen=True)
+class GateGradInputs:
+    """What a gradient scorer sees, in the backward pass of a training step."""
+
+    gates: torch.Tensor  # (N, M) ĝ_j for selected experts, 0 elsewhere
+    gate_grads: torch.Tensor  # (N, M) ∂L/∂ĝ_j, the training loss's gradient at the gates
 
 
-def register_score(name: str) -> Callable[[Scorer], Scorer]:
+Scorer = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+REDUCTIONS = ("mean", "share")
+
+
+@dataclass(frozen=True)
+class ImportanceScore:
+    """A registered scorer: the function, when it runs and how its sums are reduced."""
+
+    name: str
+    fn: Scorer
+    needs_grad: bool = False  # True: called in backward with GateGradInputs, not ScoreInputs
+    reduction: str = "mean"  # "mean" per real token | "share" of the sum over all matrices
+
+    def __call__(self, inputs: ScoreInputs | GateGradInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fn(inputs)
+
+
+IMPORTANCE_SCORES: dict[str, ImportanceScore] = {}
+
+
+def register_score(
+    name: str, *, needs_grad: bool = False, reduction: str = "mean"
+) -> Callable[[Scorer], Scorer]:
+    """Register ``fn`` under ``name``; see the module docstring for the two options."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+
     def wrap(fn: Scorer) -> Scorer:
         if name in IMPORTANCE_SCORES:
             raise ValueError(f"importance score '{name}' is registered twice")
-        IMPORTANCE_SCORES[name] = fn
+        IMPORTANCE_SCORES[name] = ImportanceScore(name, fn, needs_grad, reduction)
         return fn
 
     return wrap
@@ -63,7 +105,31 @@ def relative_norm_score(inputs: ScoreInputs) -> tuple[torch.Tensor, torch.Tensor
     return matrix, _expert_share(inputs)
 
 
-def get_score(name: str) -> Scorer:
+@register_score("cosine_share", reduction="share")
+def cosine_share_score(inputs: ScoreInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosine score as shares: each matrix's summed 1 − cos over the sum of all matrices.
+
+    Per token 1 − cos lies in [0, 2]; as a share of the model's total it lies in [0, 1] and
+    sums to 1 per client, so a client whose experts turn every output further (or the growth
+    of all deltas over training) no longer weighs more in the server's mean."""
+    return cosine_score(inputs)
+
+
+@register_score("taylor", needs_grad=True, reduction="share")
+def taylor_score(inputs: GateGradInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """|∂L/∂ĝ_i · ĝ_i| per expert, summed over a matrix's experts; reduced to shares.
+
+    ĝ_i · ∂L/∂ĝ_i is the first-order change of the training loss if expert i were dropped
+    from that token (its gate set to 0): ⟨∂L/∂h', c ĝ_i E_i(x)⟩. Unselected experts have
+    ĝ_i = 0 and score 0. The per-token values are unbounded (they scale with the loss and its
+    gradient); the "share" reduction divides each matrix's sum over real tokens by the sum
+    over every matrix, so the reported value is in [0, 1], the matrices of a client sum to 1,
+    and the loss scale, the batch size and any gradient scaling cancel."""
+    expert = (inputs.gates * inputs.gate_grads).abs()
+    return expert.sum(dim=-1), expert
+
+
+def get_score(name: str) -> ImportanceScore:
     try:
         return IMPORTANCE_SCORES[name]
     except KeyError:

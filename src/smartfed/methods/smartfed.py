@@ -4,7 +4,8 @@ Clients train the per-matrix routers under the quota table the server sends and 
 per-matrix importance they measured; the server averages routers (FedAvg), folds importance into
 an EMA and re-allocates the expert budget with EEQA (DESIGN §1.2-1.5). Ablations are settings:
 ``--no-enable_eeqa`` (uniform K), ``--dense`` (K_ℓ = M_ℓ: every expert, no sparsity) and
-``--output_scale k|one|learnable``.
+``--output_scale k|one|learnable|k0``. EEQA's schedule can be damped with ``--k_max`` (a quota
+ceiling) and ``--eeqa_max_move`` (the most a quota moves per round).
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from smartfed.importance.scores import IMPORTANCE_SCORES
 from smartfed.methods.registry import register_method
 from smartfed.pool import LoraPool
 from smartfed.tuners.more import OUTPUT_SCALES, MoreConfig, MoreModel
-from smartfed.tuners.routing import get_router
+from smartfed.tuners.routing import get_router, router_rank_for
 
 if TYPE_CHECKING:
     from smartfed.engine.config import RunConfig
 
 DEFAULT_TOP_K = 32
 # The dense ablation's settings: no K to set and no EEQA, so it unsets their settings.
-DENSE = dict.fromkeys(("topk_experts", "enable_eeqa", "eeqa_warmup_rounds", "k_min", "ema_beta"))
+# EEQA-only settings whose unset value (None) is itself the default: no limit.
+EEQA_LIMITS = ("k_max", "eeqa_max_move")
+DENSE = dict.fromkeys(("topk_experts", "enable_eeqa", "eeqa_warmup_rounds", "k_min", "ema_beta",
+                       *EEQA_LIMITS))  # fmt: skip
 DENSE["dense"] = True
 
 
@@ -60,17 +64,36 @@ class SmartFedSettings(MethodSettings):
     ema_beta: float | None = setting(
         None, "EMA weight of past importance (EEQA only; default 0.7)", minimum=0, below=1
     )
-    output_scale: str = setting("k", "MoRE output scale c: k | one | learnable",
-                                choices=OUTPUT_SCALES)  # fmt: skip
+    k_max: int | None = setting(
+        None, "largest quota EEQA may give a matrix, >= K (EEQA only; default: M_ℓ, no cap)",
+        minimum=1,
+    )  # fmt: skip
+    eeqa_max_move: int | None = setting(
+        None, "most a matrix's quota may change from one round to the next (EEQA only; "
+        "default: no limit)", minimum=1,
+    )  # fmt: skip
+    output_scale: str = setting("k", "MoRE output scale c: k (current K_ℓ) | one | learnable "
+                                "| k0 (initial K_ℓ, fixed)", choices=OUTPUT_SCALES)  # fmt: skip
     importance_score: str = setting(
-        "cosine", "importance scorer (see smartfed.importance.scores)",
+        "cosine", "importance scorer: cosine | cosine_share | relative_norm | taylor "
+        "(loss gradient x gate; see smartfed.importance.scores)",
         choices=tuple(IMPORTANCE_SCORES),
     )  # fmt: skip
     router: str = setting("linear", "router design (`smartfed methods` lists them)")
     router_init_std: float = setting(0.02, "std of the routers' normal init", minimum=0)
+    router_rank: int | None = setting(
+        None, "rank of router designs that have one (lowrank, diag_lowrank; default 4)",
+        minimum=1,
+    )  # fmt: skip
+    residual_rank: int = setting(
+        0, "rank of a fresh LoRA trained alongside the routers (0: none; alpha = 2 x rank)",
+        minimum=0, maximum=256,
+    )  # fmt: skip
 
     def check(self) -> None:
         get_router(self.router)  # unknown designs fail here, listing the known ones
+        # Refused for designs without a rank; their default (4) for designs with one.
+        self.router_rank = router_rank_for(self.router, self.router_rank)
         if self.dense:
             for name in ("topk_experts", "enable_eeqa"):
                 if getattr(self, name) is not None:
@@ -84,6 +107,7 @@ class SmartFedSettings(MethodSettings):
         if not self.dense:
             self.enable_eeqa = eeqa_on
         eeqa_defaults = {"eeqa_warmup_rounds": 1, "k_min": 1, "ema_beta": 0.7}
+        eeqa_defaults.update(dict.fromkeys(EEQA_LIMITS))  # None: no limit
         for name, default in eeqa_defaults.items():
             if not eeqa_on and getattr(self, name) is not None:
                 why = "--dense" if self.dense else "--no-enable_eeqa"
@@ -94,6 +118,11 @@ class SmartFedSettings(MethodSettings):
             raise ConfigError(
                 f"--k_min ({self.k_min}) must not exceed --topk_experts ({self.topk_experts})"
             )
+        if eeqa_on and self.k_max is not None and self.k_max < self.topk_experts:
+            raise ConfigError(
+                f"--k_max ({self.k_max}) must not be below --topk_experts ({self.topk_experts}): "
+                "the average quota is K, so some quota must reach it"
+            )
 
     @classmethod
     def inapplicable(cls, values: dict[str, Any]) -> set[str]:
@@ -101,7 +130,14 @@ class SmartFedSettings(MethodSettings):
         eeqa = values.get("enable_eeqa")
         eeqa_on = (eeqa if eeqa is not None else True) and not dense
         dropped = {"topk_experts", "enable_eeqa"} if dense else set()
-        return dropped | (set() if eeqa_on else {"eeqa_warmup_rounds", "k_min", "ema_beta"})
+        try:
+            ranked = getattr(get_router(values.get("router", "linear")), "default_rank", None)
+        except ConfigError:  # an unknown design: check() reports it
+            ranked = 1
+        if ranked is None:
+            dropped.add("router_rank")
+        eeqa_only = {"eeqa_warmup_rounds", "k_min", "ema_beta", *EEQA_LIMITS}
+        return dropped | (set() if eeqa_on else eeqa_only)
 
     @property
     def eeqa_active(self) -> bool:
@@ -127,7 +163,8 @@ class QuotaLogic(ServerLogic):
         self.client_importance: list[list[float]] = []
         self.quotas = self._next(completed_round=0)
 
-    def _next(self, completed_round: int) -> np.ndarray:
+    def _next(self, completed_round: int, previous: np.ndarray | None = None) -> np.ndarray:
+        """``previous``: the table the completed round used (None before the first round)."""
         return next_quotas(
             importance=self.ema_importance,
             capacities=self.capacities,
@@ -136,6 +173,9 @@ class QuotaLogic(ServerLogic):
             completed_round=completed_round,
             warmup_rounds=self.settings.eeqa_warmup_rounds or 0,
             enable_eeqa=self.enable_eeqa,
+            previous=previous,
+            k_max=self.settings.k_max,
+            max_move=self.settings.eeqa_max_move,
         )
 
     def round_config(self) -> dict[str, Any]:
@@ -160,7 +200,7 @@ class QuotaLogic(ServerLogic):
             [int(m["tokens"]) for m in metrics],
             self.settings.ema_beta if self.settings.ema_beta is not None else 0.0,
         )
-        self.quotas = self._next(completed_round)
+        self.quotas = self._next(completed_round, self.quotas)
 
     def round_fields(self, used_config: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -214,6 +254,8 @@ class SmartFed(FederatedMethod):
                 router_init_std=settings.router_init_std,
                 importance_score=settings.importance_score,
                 router=settings.router,
+                router_rank=settings.router_rank,
+                residual_rank=settings.residual_rank,
             ),
         )
 

@@ -12,14 +12,21 @@ pick it through ``MoreConfig.router`` / ``MoleConfig.router``). Contract:
 - constructed as ``Design(in_features, num_experts, *, init_std, expert_A=None,
   expert_B_norm=None)`` inside a ``torch.device`` context of the layer's device, so tensors made
   without a ``device=`` argument land there; its parameters must be float32 (routers stay
-  float32 whatever the base dtype: the softmax decides the routing);
+  float32 whatever the base dtype: the softmax decides the routing); ``expert_B_norm`` is the
+  (M,) float32 column norms ‖B_j‖ (LoRA scaling folded in);
+- a design with a size hyper-parameter (the ``router_rank`` setting) sets the class attribute
+  ``default_rank`` and also gets ``rank=`` (the user's value or that default); designs without
+  one never get ``rank=`` and a given ``router_rank`` is refused (:func:`router_rank_for`);
 - ``forward(x, z) -> logits (N, M)``: x the (N, d_in) float32 token inputs, z the (N, M) float32
   expert projections A·x (None for MoLE, whose experts are whole modules);
-- classmethod ``communicated_values(in_features, num_experts) -> int``: the number of trained
-  values it sends per matrix.
+- classmethod ``communicated_values(in_features, num_experts) -> int`` (designs with a rank:
+  ``communicated_values(in_features, num_experts, rank=None)``, None = ``default_rank``): the
+  number of trained values it sends per matrix, the numel of its trainable parameters.
 
 Subclass :class:`RouterDesign` and decorate with :func:`register_router`; that is all a new
-design needs. Its parameters are saved and exchanged as ``<matrix>.router.<parameter>``.
+design needs. Its parameters are saved and exchanged as ``<matrix>.router.<parameter>``. The
+built-in designs besides ``linear`` live in :mod:`smartfed.tuners.routers`, loaded by the
+registry functions on first use.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from torch import nn
 from smartfed.errors import ConfigError
 from smartfed.tuners.experts import ExpertLinear
 
-OUTPUT_SCALES = ("k", "one", "learnable")
+OUTPUT_SCALES = ("k", "one", "learnable", "k0")
 
 
 # ---------------------------------------------------------------------- gating
@@ -67,10 +74,18 @@ def check_output_scale(mode: str, allowed: tuple[str, ...] = OUTPUT_SCALES) -> N
         raise ConfigError(f"output_scale must be one of {', '.join(allowed)}, got {mode!r}")
 
 
-def scale_factor(mode: str, k: int, learned: torch.Tensor | None = None) -> torch.Tensor | float:
-    """c_ℓ: ``"k"`` the current quota k, ``"one"`` 1, ``"learnable"`` the trained scalar."""
+def scale_factor(
+    mode: str, k: int, learned: torch.Tensor | None = None, initial_k: int | None = None
+) -> torch.Tensor | float:
+    """c_ℓ: ``"k"`` the current quota k, ``"one"`` 1, ``"learnable"`` the trained scalar,
+    ``"k0"`` the matrix's initial quota, fixed for the run (a quota move then changes which
+    experts a token may use, not the strength of the matrix's update)."""
     if mode == "k":
         return float(k)
+    if mode == "k0":
+        if initial_k is None:
+            raise ValueError("output_scale 'k0' needs the matrix's initial quota")
+        return float(initial_k)
     if mode == "one":
         return 1.0
     if learned is None:
@@ -92,6 +107,8 @@ class RouterDesign(nn.Module):
 
     name: ClassVar[str] = ""
     needs_experts: ClassVar[bool] = False  # True: forward reads z = A·x (MoRE only)
+    # Designs with a size hyper-parameter (``router_rank``) set its default here; None: none.
+    default_rank: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -101,6 +118,7 @@ class RouterDesign(nn.Module):
         init_std: float,
         expert_A: torch.Tensor | None = None,
         expert_B_norm: torch.Tensor | None = None,
+        rank: int | None = None,
     ):
         super().__init__()
         if self.needs_experts and expert_A is None:
@@ -110,6 +128,7 @@ class RouterDesign(nn.Module):
             )
         self.in_features = in_features
         self.num_experts = num_experts
+        self.rank = check_rank(self.name, self.default_rank, rank)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -134,23 +153,54 @@ def register_router(design: type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"router design {design.__name__} needs a non-empty string 'name'")
     if not callable(getattr(design, "communicated_values", None)):
         raise ValueError(f"router design '{name}' needs a classmethod communicated_values")
+    _load_builtin_designs()  # a plugin may not take a built-in's name before it loads
     if name in ROUTER_DESIGNS:
         raise ValueError(f"router design '{name}' is registered twice")
     ROUTER_DESIGNS[name] = design
     return design
 
 
+def _load_builtin_designs() -> None:
+    """Register the built-in designs of :mod:`smartfed.tuners.routers` (imported on first use:
+    that module imports this one, so a module-level import here would be a cycle)."""
+    import smartfed.tuners.routers  # noqa: F401
+
+
 def router_names() -> list[str]:
+    _load_builtin_designs()
     return sorted(ROUTER_DESIGNS)
 
 
 def get_router(name: str) -> type[nn.Module]:
+    _load_builtin_designs()
     try:
         return ROUTER_DESIGNS[name]
     except (KeyError, TypeError):
         raise ConfigError(
             f"unknown router design {name!r}; known: {', '.join(router_names())}"
         ) from None
+
+
+def check_rank(name: str, default_rank: int | None, rank: int | None) -> int | None:
+    """The rank a design uses: ``rank``, or ``default_rank`` when None; None for designs
+    without a rank (``default_rank`` None), which refuse a given one."""
+    if default_rank is None:
+        if rank is not None:
+            raise ConfigError(
+                f"router_rank does not apply to router '{name}' (it has no rank); leave it unset "
+                "or pick a design with one (lowrank, diag_lowrank)"
+            )
+        return None
+    if rank is None:
+        return default_rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"router_rank must be an integer >= 1, got {rank!r}")
+    return rank
+
+
+def router_rank_for(name: str, rank: int | None) -> int | None:
+    """The rank router design ``name`` is built with (see :func:`check_rank`)."""
+    return check_rank(name, getattr(get_router(name), "default_rank", None), rank)
 
 
 @register_router
@@ -205,6 +255,7 @@ class RoutedLinear(ExpertLinear):
         router: str,
         router_init_std: float,
         route_on_experts: bool,
+        router_rank: int | None = None,
     ):
         super().__init__(base_layer, expert_A, expert_B)
         check_output_scale(output_scale)
@@ -218,19 +269,27 @@ class RoutedLinear(ExpertLinear):
                 persistent=False,
             )
         design = get_router(router)
+        # Only designs with a rank get rank= (plugins without one need not accept it).
+        rank = router_rank_for(router, router_rank)
+        options = {} if rank is None else {"rank": rank}
         with torch.device(device):
             self.router = design(
                 self.in_features,
                 num_choices,
                 init_std=router_init_std,
                 expert_A=self.expert_A if route_on_experts else None,
-                expert_B_norm=self.expert_B_norm if route_on_experts else None,
+                # float32 from the pool's float32 B, not the base-dtype buffer above
+                expert_B_norm=expert_B.norm(dim=0).to(device, torch.float32)
+                if route_on_experts
+                else None,
+                **options,
             )
         wrong = [n for n, p in self.router.named_parameters() if p.dtype != torch.float32]
         if wrong:
             raise ConfigError(f"router '{router}' must keep float32 parameters, not {wrong}")
         self.router_name = router
         self._k = min(top_k, num_choices)
+        self.initial_k = self._k  # c for output_scale "k0": later quota changes leave it
         self.output_scale_mode = output_scale
         if output_scale == "learnable":
             self.output_scale = nn.Parameter(torch.tensor(float(self._k), device=device))
@@ -241,7 +300,9 @@ class RoutedLinear(ExpertLinear):
         return self._k
 
     def scale(self) -> torch.Tensor | float:
-        return scale_factor(self.output_scale_mode, self._k, getattr(self, "output_scale", None))
+        return scale_factor(
+            self.output_scale_mode, self._k, getattr(self, "output_scale", None), self.initial_k
+        )
 
     def project(self, flat_x: torch.Tensor) -> torch.Tensor:
         """(N, M) A_j·x for every rank-1 expert, in the base dtype."""

@@ -8,7 +8,7 @@ from typing import ClassVar
 from smartfed.errors import ConfigError
 from smartfed.importance.scores import IMPORTANCE_SCORES
 from smartfed.tuners.base import TunerConfig
-from smartfed.tuners.routing import OUTPUT_SCALES, check_output_scale, get_router
+from smartfed.tuners.routing import OUTPUT_SCALES, check_output_scale, get_router, router_rank_for
 
 
 @dataclass
@@ -21,12 +21,21 @@ class MoreConfig(TunerConfig):
         "k" (default): c = current K_ℓ, so uniform gates give the plain sum of the K chosen
         rank-1 pieces (LoRA strength). "one": c = 1, a convex mix of experts.
         "learnable": one trainable scalar per matrix, initialised at the starting K_ℓ.
+        "k0": c = the starting K_ℓ = min(top_k, M_ℓ), fixed for the run: an EEQA quota move
+        changes which experts a token may use, not the scale of the matrix's update.
     router_init_std: std of the normal init of router weights. 0 gives uniform gates (then
         torch.topk breaks the top-K ties the same way for every token: all start on the same
         experts).
-    importance_score: name of a registered scorer (smartfed.importance.scores).
+    importance_score: name of a registered scorer (smartfed.importance.scores): "cosine"
+        (default), "cosine_share", "relative_norm", or the gradient-based "taylor".
     router: name of a registered router design (smartfed.tuners.routing); "linear" is the
         paper's W ∈ R^{M×d_in} on the matrix input.
+    router_rank: the rank of designs that have one (lowrank, diag_lowrank); None: the design's
+        default (stored resolved). Refused for designs without a rank.
+    residual_rank: rank r of a fresh LoRA trained next to the routers in every MoRE layer
+        (float32 A Kaiming-uniform from the run seed, B = 0, scaling alpha / r with alpha = 2r,
+        i.e. 2), independent of the quotas and gates; 0 (default): none, and no parameter or
+        random draw is made.
     target_modules: restrict MoRE to these short module names (e.g. ["q_proj"]); None = every
         matrix some pool module adapts.
     """
@@ -41,6 +50,8 @@ class MoreConfig(TunerConfig):
     router_init_std: float = 0.02
     importance_score: str = "cosine"
     router: str = "linear"
+    router_rank: int | None = None
+    residual_rank: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,3 +66,7 @@ class MoreConfig(TunerConfig):
                 f"importance_score must be one of {known}, got {self.importance_score!r}"
             )
         get_router(self.router)
+        self.router_rank = router_rank_for(self.router, self.router_rank)
+        rank = self.residual_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ConfigError(f"residual_rank must be an integer >= 0, got {rank!r}")

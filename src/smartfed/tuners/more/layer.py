@@ -8,15 +8,32 @@ Per token x (all experts of the matrix in one batched matmul, no Python loop ove
 The sparse sum is written densely as ``((x Aᵀ) ⊙ G) Bᵀ`` where G holds ĝ at the selected experts
 and zeros elsewhere. With M experts this costs the same as a rank-M LoRA; for the pool sizes we
 target (M ≤ a few hundred) a dense matmul beats gathering per-token expert columns on CPU and GPU.
+
+Importance (``track_importance``) accumulates on the layer's device: forward scorers in the
+forward pass; gradient scorers (``needs_grad``, e.g. ``taylor``) through a hook on the gates that
+the training step's own backward pass fires (no extra pass, no host sync per step).
+
+Optional residual LoRA (:meth:`MoreLinear.add_residual_lora`, ``MoreConfig.residual_rank``): a
+fresh float32 rank-r LoRA trained with the routers, added outside the routing,
+
+    h'' = h' + s_r · B_r A_r x,   s_r = alpha / r with alpha = 2r (PEFT's scaling: s_r = 2)
+
+independent of the quotas and gates, and not part of the importance scores (which measure the
+experts). A Kaiming-uniform as PEFT's lora_A, B = 0: the layer starts as the same function.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from smartfed.importance.scores import ScoreInputs, Scorer
+from smartfed.importance.scores import GateGradInputs, ImportanceScore, ScoreInputs
 from smartfed.tuners.routing import RoutedLinear
+
+#: The residual LoRA's alpha per unit of rank: alpha = 2r, so its scaling alpha / r is 2.
+RESIDUAL_ALPHA_PER_RANK = 2.0
 
 
 class MoreLinear(RoutedLinear):
@@ -29,9 +46,10 @@ class MoreLinear(RoutedLinear):
         top_k: int,
         output_scale: str,
         router_init_std: float,
-        scorer: Scorer,
+        scorer: ImportanceScore,
         router: str = "linear",
         owners: tuple[tuple[str, int], ...] = (),
+        router_rank: int | None = None,
     ):
         super().__init__(
             base_layer,
@@ -43,6 +61,7 @@ class MoreLinear(RoutedLinear):
             router=router,
             router_init_std=router_init_std,
             route_on_experts=True,
+            router_rank=router_rank,
         )
         self.owners = owners  # expert j -> (pool module name, rank index)
         device = self.device
@@ -63,6 +82,32 @@ class MoreLinear(RoutedLinear):
         self.register_buffer(
             "importance_tokens", torch.zeros((), dtype=torch.long, device=device), persistent=False
         )
+        self.residual_rank = 0  # add_residual_lora sets it; 0: no residual parameters exist
+
+    # ----------------------------------------------------------------- residual LoRA
+    def add_residual_lora(self, rank: int) -> None:
+        """Add a trainable float32 rank-``rank`` LoRA (``residual_A`` (r, d_in) Kaiming-uniform
+        from the global RNG, as PEFT's lora_A; ``residual_B`` (d_out, r) zeros) next to the
+        routed experts. Its output is scaled by alpha / r with alpha = 2r."""
+        if self.residual_rank:
+            raise ValueError("this layer already has a residual LoRA")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"residual rank must be an integer >= 1, got {rank!r}")
+        device = self.device
+        weight_a = torch.empty(rank, self.in_features, dtype=torch.float32, device=device)
+        nn.init.kaiming_uniform_(weight_a, a=math.sqrt(5))
+        self.residual_A = nn.Parameter(weight_a)
+        self.residual_B = nn.Parameter(
+            torch.zeros(self.out_features, rank, dtype=torch.float32, device=device)
+        )
+        self.residual_rank = rank
+        alpha = RESIDUAL_ALPHA_PER_RANK * rank
+        self.residual_scale = alpha / rank  # PEFT's LoRA scaling
+
+    def residual(self, flat_x: torch.Tensor) -> torch.Tensor:
+        """(N, d_out) float32 s_r · B_r A_r x of the residual LoRA."""
+        hidden = flat_x.to(torch.float32) @ self.residual_A.T
+        return (hidden @ self.residual_B.T) * self.residual_scale
 
     # ----------------------------------------------------------------- quotas
     def set_quota(self, k: int) -> None:
@@ -79,8 +124,17 @@ class MoreLinear(RoutedLinear):
         gates = self.gates(flat_x, projections).to(x.dtype)
         delta = ((projections * gates) @ self.expert_B.T) * self.scale()
         if self.track_importance:
-            self._accumulate(base_out.reshape(-1, self.out_features), delta, gates, projections)
-        return base_out + delta.reshape(base_out.shape).to(base_out.dtype)
+            flat_out = base_out.reshape(-1, self.out_features)
+            keep = self.kept_tokens(flat_out.shape[0], flat_out.device)
+            self._accumulate(flat_out, delta, gates, projections, keep)
+            if self.scorer.needs_grad and gates.requires_grad:
+                # The mask is captured now: the tuner clears token_mask before backward runs.
+                held = gates.detach()
+                gates.register_hook(lambda grad: self._accumulate_grad(held, grad, keep))
+        out = base_out + delta.reshape(base_out.shape).to(base_out.dtype)
+        if self.residual_rank:
+            out = out + self.residual(flat_x).reshape(base_out.shape).to(base_out.dtype)
+        return out
 
     # ----------------------------------------------------------------- importance
     def reset_importance(self) -> None:
@@ -95,28 +149,45 @@ class MoreLinear(RoutedLinear):
         delta: torch.Tensor,
         gates: torch.Tensor,
         projections: torch.Tensor,
+        keep: torch.Tensor | None,
     ) -> None:
-        inputs = ScoreInputs(
-            base_out=base_out.float(),
-            delta=delta.float(),
-            gates=gates.float(),
-            expert_norms=(projections.abs() * self.expert_B_norm).float(),
-        )
-        matrix_score, _ = self.scorer(inputs)  # per-token; the per-expert score is not kept
-        matrix_score, gate_mass = matrix_score.double(), gates.double()
-        keep = self.kept_tokens(base_out.shape[0], base_out.device)
+        gate_mass = gates.double()
         if keep is None:
             tokens = base_out.shape[0]
         else:  # padding is masked out, not indexed out: no host sync
-            matrix_score = torch.where(keep, matrix_score, 0.0)
             gate_mass = torch.where(keep[:, None], gate_mass, 0.0)
             tokens = keep.sum()
-        self.importance_sum += matrix_score.sum()
+        if not self.scorer.needs_grad:
+            inputs = ScoreInputs(
+                base_out=base_out.float(),
+                delta=delta.float(),
+                gates=gates.float(),
+                expert_norms=(projections.abs() * self.expert_B_norm).float(),
+            )
+            matrix_score, _ = self.scorer(inputs)  # per-token; the per-expert score is not kept
+            matrix_score = matrix_score.double()
+            if keep is not None:
+                matrix_score = torch.where(keep, matrix_score, 0.0)
+            self.importance_sum += matrix_score.sum()
         self.expert_gate_sum += gate_mass.sum(dim=0)
         self.importance_tokens += tokens
+
+    @torch.no_grad()
+    def _accumulate_grad(
+        self, gates: torch.Tensor, grad: torch.Tensor, keep: torch.Tensor | None
+    ) -> None:
+        """Gate hook of a gradient scorer: add its score of this step's tokens (returns None,
+        so the gradient itself flows on unchanged)."""
+        inputs = GateGradInputs(gates=gates.float(), gate_grads=grad.float())
+        matrix_score, _ = self.scorer(inputs)
+        matrix_score = matrix_score.double()
+        if keep is not None:
+            matrix_score = torch.where(keep, matrix_score, 0.0)
+        self.importance_sum += matrix_score.sum()
 
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, experts={self.num_experts}, "
             f"quota={self._k}, output_scale={self.output_scale_mode}, router={self.router_name}"
+            + (f", residual_rank={self.residual_rank}" if self.residual_rank else "")
         )

@@ -2,7 +2,8 @@
 
 Only router weights (and, with ``output_scale="learnable"``, one scalar per matrix) are
 trainable; they are what clients exchange. Their shapes depend only on the pool, never on the
-quotas, so every client always sends tensors of one fixed shape.
+quotas, so every client always sends tensors of one fixed shape. With ``residual_rank`` > 0 each
+layer's residual LoRA (``<matrix>.residual_A`` / ``.residual_B``) trains and travels with them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MORE_CONFIG_NAME = "more_config.json"
 class ImportanceStats:
     """Importance measured since the last reset, one entry per matrix (``matrix_names`` order)."""
 
-    matrix: np.ndarray  # (P,) mean per-token matrix score
+    matrix: np.ndarray  # (P,) per matrix: mean per-token score, or share of the sum (scorer)
     mean_gate: list[np.ndarray]  # P arrays (M_ℓ,) mean renormalised gate ĝ_j (0 if not selected)
     tokens: int  # real (non-padding) tokens seen per matrix
 
@@ -41,12 +42,17 @@ class MoreModel(PoolTuner):
     weights_name = ROUTER_WEIGHTS_NAME
     config_name = MORE_CONFIG_NAME
     what = "MoRE routers"
-    state_fields = ("router", "output_scale")
+    state_fields = ("router", "router_rank", "output_scale")
 
     config: MoreConfig
 
     def __init__(self, model: nn.Module, pool: LoraPool, config: MoreConfig | None = None):
         super().__init__(model, pool, config)
+        # After every router is drawn, so a residual LoRA never shifts the routers' init; with
+        # residual_rank 0 nothing is created and no random number is drawn.
+        if self.config.residual_rank:
+            for layer in self.tuner_layers().values():
+                layer.add_residual_lora(self.config.residual_rank)
 
     def make_layer(self, name: str, base_layer: nn.Module) -> MoreLinear:
         experts = self.pool.experts(name)  # rank-wise: every rank-1 piece is an expert
@@ -59,6 +65,7 @@ class MoreModel(PoolTuner):
             router_init_std=self.config.router_init_std,
             scorer=get_score(self.config.importance_score),
             router=self.config.router,
+            router_rank=self.config.router_rank,
             owners=experts.owners,
         )
 
@@ -102,16 +109,24 @@ class MoreModel(PoolTuner):
             layer.track_importance = enabled
 
     def read_importance(self, reset: bool = True) -> ImportanceStats:
-        """Mean importance per matrix and mean gate per expert since the last reset.
+        """Importance per matrix and mean gate per expert since the last reset.
 
-        The one host sync of the importance bookkeeping happens here, once per read."""
+        Per matrix: the mean per-token score, or, for a scorer with ``reduction="share"``, the
+        matrix's summed score over the sum of all matrices (shares summing to 1; all zeros when
+        nothing was recorded). The one host sync of the bookkeeping happens here, once per read."""
         layers = list(self.tuner_layers().values())
         seen = [int(layer.importance_tokens) for layer in layers]
         denom = [max(s, 1) for s in seen]
-        stats = ImportanceStats(
-            matrix=np.array(
+        if get_score(self.config.importance_score).reduction == "share":
+            sums = np.array([layer.importance_sum.item() for layer in layers])
+            total = float(sums.sum())
+            matrix = sums / total if total > 0 else np.zeros_like(sums)
+        else:
+            matrix = np.array(
                 [(layer.importance_sum / d).item() for layer, d in zip(layers, denom, strict=True)]
-            ),
+            )
+        stats = ImportanceStats(
+            matrix=matrix,
             mean_gate=[
                 (layer.expert_gate_sum / d).cpu().numpy()
                 for layer, d in zip(layers, denom, strict=True)
