@@ -91,6 +91,7 @@ def test_shared_and_method_settings_never_share_a_name():
 
 
 def test_unknown_settings_name_the_known_ones():
-    with pytest.raises(ConfigError, match="somewhere: unknown setting 'topk'; known settings: ") as info:
+    expected = "somewhere: unknown setting 'topk'; known settings: "
+    with pytest.raises(ConfigError, match=expected) as info:
         SettingValues().add({"topk": 1}, "somewhere")
     assert "topk_experts" in str(info.value)

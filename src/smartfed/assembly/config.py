@@ -59,7 +59,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_rounds=20,
         local_steps=10,
         batch_size=16,
-        learning_rate=5e-4,
+        # The paper's AdamW 5e-4 is SmartFed's own default learning_rate; a preset rate would
+        # also reach LoRAHub, whose O(1) module weights need their own (5e-2).
         topk_experts=32,
         max_seq_len=512,
         eval_samples=250,
