@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from smartfed.engine.config import RunConfig
 
 DEFAULT_TOP_K = 32
-# The dense ablation's settings: no K to set and no EEQA, so it unsets their settings.
 # EEQA-only settings whose unset value (None) is itself the default: no limit.
 EEQA_LIMITS = ("k_max", "eeqa_max_move")
+# The dense ablation's settings: no K to set and no EEQA, so it unsets their settings.
 DENSE = dict.fromkeys(("topk_experts", "enable_eeqa", "eeqa_warmup_rounds", "k_min", "ema_beta",
                        *EEQA_LIMITS))  # fmt: skip
 DENSE["dense"] = True
