@@ -19,3 +19,8 @@ for design in ${DESIGNS:-diag_lowrank projection diagonal linear}; do
 done
 "$SMARTFED" bench "${COMMON[@]}" --methods fedit --sweep "learning_rate=5e-4,2e-3" \
   --output_dir "$OUT/fedit"
+# Cheap knowledge-free points: a fresh LoRA of small rank (alpha = 2 x rank, as the pool's 64/32).
+for rank in ${FEDIT_RANKS:-4}; do
+  "$SMARTFED" bench "${COMMON[@]}" --methods fedit --lora_rank "$rank" --lora_alpha $((2 * rank)) \
+    --sweep "learning_rate=2e-3,1e-2" --output_dir "$OUT/fedit_r$rank"
+done
