@@ -39,6 +39,21 @@ def tiny_llama() -> LlamaForCausalLM:
     return make_tiny_llama()
 
 
+def train_steps(model: torch.nn.Module, input_ids: torch.Tensor, steps: int = 5) -> list[float]:
+    """A few AdamW steps (lr 5e-2) on the language-model loss of ``input_ids``, over the
+    parameters that require grad; returns the loss of each step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 AdapterFactory = Callable[..., Path]
 
 

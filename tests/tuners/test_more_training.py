@@ -12,7 +12,7 @@ from smartfed.errors import PoolError
 from smartfed.pool import load_pool
 from smartfed.tuners.more import MoreConfig, MoreModel
 
-from ..conftest import make_tiny_llama
+from ..conftest import make_tiny_llama, train_steps
 
 
 @pytest.fixture
@@ -23,19 +23,6 @@ def hetero_pool(make_adapter):
         make_adapter("v_only", r=4, alpha=4, targets=("v_proj",)),
     ]
     return load_pool([str(p) for p in paths])
-
-
-def _train(more: MoreModel, input_ids: torch.Tensor, steps: int = 5) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in more.parameters() if p.requires_grad], lr=5e-2)
-    losses = []
-    more.train()
-    for _ in range(steps):
-        loss = more(input_ids=input_ids, labels=input_ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_heterogeneous_pool_builds_with_per_matrix_capacities(hetero_pool):
@@ -68,13 +55,13 @@ def test_learnable_scale_is_trainable_and_communicated(hetero_pool, input_ids):
     more = MoreModel(make_tiny_llama(), hetero_pool, MoreConfig(top_k=3, output_scale="learnable"))
     names = set(more.router_state_dict())
     assert sum(n.endswith("output_scale") for n in names) == len(more.matrix_names)
-    losses = _train(more, input_ids, steps=2)
+    losses = train_steps(more, input_ids, steps=2)
     assert np.isfinite(losses).all()
 
 
 def test_training_lowers_loss(hetero_pool, input_ids):
     more = MoreModel(make_tiny_llama(), hetero_pool, MoreConfig(top_k=4))
-    losses = _train(more, input_ids, steps=15)
+    losses = train_steps(more, input_ids, steps=15)
     assert losses[-1] < losses[0] - 0.05
 
 
@@ -97,7 +84,7 @@ def test_quota_change_keeps_shapes_and_changes_active_experts(hetero_pool):
 
 def test_save_load_round_trip(hetero_pool, input_ids, tmp_path):
     more = MoreModel(make_tiny_llama(), hetero_pool, MoreConfig(top_k=5))
-    _train(more, input_ids, steps=3)
+    train_steps(more, input_ids, steps=3)
     quotas = more.get_quotas()
     quotas[0] = 1
     more.set_quotas(quotas)

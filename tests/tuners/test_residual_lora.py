@@ -20,7 +20,7 @@ from smartfed.pool import load_pool
 from smartfed.tuners.more import MoreConfig, MoreModel
 from smartfed.tuners.more.layer import MoreLinear
 
-from ..conftest import make_tiny_llama
+from ..conftest import make_tiny_llama, train_steps
 
 RANK = 2
 
@@ -108,16 +108,7 @@ def test_the_residual_trains_on_its_own(pool, input_ids):
     params = more.trainable_parameters()
     for name, param in params.items():
         param.requires_grad_("residual" in name)  # routers frozen: only the residual learns
-    trained = [p for p in params.values() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=5e-2)
-    more.train()
-    losses = []
-    for _ in range(8):
-        loss = more(input_ids=input_ids, labels=input_ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(more, input_ids, steps=8)
     assert losses[-1] < losses[0] - 0.05, losses
     assert all(torch.count_nonzero(params[n]) > 0 for n in params if n.endswith("residual_B"))
 

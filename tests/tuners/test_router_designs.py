@@ -17,7 +17,7 @@ from smartfed.tuners.more import MoreConfig, MoreModel
 from smartfed.tuners.routers import normalised_scores
 from smartfed.tuners.routing import get_router, router_names
 
-from ..conftest import make_tiny_llama
+from ..conftest import make_tiny_llama, train_steps
 
 DESIGNS = ("linear", "projection", "lowrank", "diagonal", "diag_lowrank")
 NEW = DESIGNS[1:]
@@ -98,15 +98,7 @@ def test_design_trains_with_only_router_parameters(name, pool, input_ids):
     more = build(pool, name)
     trainable = [n for n, p in more.named_parameters() if p.requires_grad]
     assert trainable and all(".router." in n for n in trainable)
-    optimizer = torch.optim.AdamW([p for p in more.parameters() if p.requires_grad], lr=5e-2)
-    more.train()
-    losses = []
-    for _ in range(8):
-        loss = more(input_ids=input_ids, labels=input_ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(more, input_ids, steps=8)
     assert losses[-1] < losses[0] - 1e-3, losses
 
 
