@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Every method gets a grid of three learning rates (the same tuning budget); the first results
+# chose the top of two-point grids, hence the third, higher point.
 # Router designs on the demo preset: each design (dense, K = M) and FedIT, every one tuned on a
 # validation split carved from the training data (`--sweep`, never the test split), then run on
 # the test split with the chosen learning rate. Resumable: rerun the same command after an
@@ -15,12 +17,12 @@ COMMON=(--preset demo --task "$TASK" --data_dir "$DATA_DIR" --seeds "$SEEDS" --n
 
 for design in ${DESIGNS:-diag_lowrank projection diagonal linear}; do
   "$SMARTFED" bench "${COMMON[@]}" --methods smartfed_dense --router "$design" \
-    --sweep "learning_rate=1e-2,5e-2" --output_dir "$OUT/$design"
+    --sweep "learning_rate=${ROUTER_GRID:-1e-2,5e-2,2e-1}" --output_dir "$OUT/$design"
 done
-"$SMARTFED" bench "${COMMON[@]}" --methods fedit --sweep "learning_rate=5e-4,2e-3" \
+"$SMARTFED" bench "${COMMON[@]}" --methods fedit --sweep "learning_rate=${FEDIT_GRID:-5e-4,2e-3,1e-2}" \
   --output_dir "$OUT/fedit"
 # Cheap knowledge-free points: a fresh LoRA of small rank (alpha = 2 x rank, as the pool's 64/32).
 for rank in ${FEDIT_RANKS:-4}; do
   "$SMARTFED" bench "${COMMON[@]}" --methods fedit --lora_rank "$rank" --lora_alpha $((2 * rank)) \
-    --sweep "learning_rate=2e-3,1e-2" --output_dir "$OUT/fedit_r$rank"
+    --sweep "learning_rate=${SMALL_LORA_GRID:-2e-3,1e-2,5e-2}" --output_dir "$OUT/fedit_r$rank"
 done

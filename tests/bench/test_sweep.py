@@ -229,3 +229,41 @@ def test_bench_help_describes_sweep_and_seeds(capsys):
     for fragment in ("--sweep SETTING=v1,v2,...", "--seeds S1,S2,...", "--tune_only",
                      "validation slice", "std_a + std_b"):  # fmt: skip
         assert fragment in text, fragment
+
+
+def test_a_bench_may_grow_its_grid_and_seeds_but_never_reuses_a_stale_run(
+    tiny_run_config, tmp_path, capsys
+):
+    config = tiny_run_config()
+    out = tmp_path / "bench"
+    base = ["bench", "--methods", "fedit", *_tiny_flags(config), "--output_dir", str(out)]
+    assert main([*base, "--sweep", "learning_rate=1e-3", "--seeds", "0"]) == 0
+    first = _json(out / "fedit" / "seed0" / "config.json")["method_settings"]["learning_rate"]
+    assert first == 1e-3
+
+    # More grid points and seeds: the finished tuning run is reused, the new ones run. If the
+    # wider grid chooses another point, seed0 (run with 1e-3) must not be reported under it.
+    capsys.readouterr()
+    code = main([*base, "--sweep", "learning_rate=1e-3,5e-2", "--seeds", "0,1"])
+    output = capsys.readouterr()
+    assert "[tune 1/2] fedit learning_rate=0.001: done, skipped" in output.out
+    losses = {
+        lr: _json(out / "tune" / "fedit" / f"learning_rate={lr}" / "summary.json")["final_eval"][
+            "eval_loss"
+        ]
+        for lr in ("0.001", "0.05")
+    }
+    if losses["0.001"] <= losses["0.05"]:  # 1e-3 still chosen: seed0 reused, seed1 added
+        assert code == 0, output.err
+        assert _json(out / "results.json")["methods"]["fedit"]["chosen"] == {"learning_rate": 1e-3}
+        assert "fedit seed0: done, skipped" in output.out
+        assert (out / "fedit" / "seed1" / "summary.json").is_file()
+    else:  # 5e-2 chosen: seed0 was run with 1e-3 and must not be reported under 5e-2
+        assert code == 1
+        assert "was run with learning_rate=0.001" in output.err
+        assert "plans learning_rate=0.05" in output.err
+        assert len(output.err.strip().splitlines()) == 1
+
+    # The first seed is the tuning seed: changing it is refused.
+    assert main([*base, "--sweep", "learning_rate=1e-3,5e-2", "--seeds", "1,0"]) == 1
+    assert "another --seeds" in capsys.readouterr().err

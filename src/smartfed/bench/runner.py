@@ -43,11 +43,11 @@ def _check_same_bench(path: Path, record: dict[str, Any]) -> None:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     for key, flag in (("sweep", "--sweep"), ("seeds", "--seeds")):
-        if saved.get(key) != record.get(key):
+        if not _extends(key, saved.get(key), record.get(key)):
             raise ConfigError(
                 f"{path.parent} holds a bench with another {flag} ({saved.get(key)!r} there, "
-                f"{record.get(key)!r} now); rerun it with the same {flag} or choose another "
-                "--output_dir"
+                f"{record.get(key)!r} now); rerun it with the same {flag} (more values or seeds "
+                "may be added) or choose another --output_dir"
             )
     # A setting missing on one side (a bench written before it existed) counts as its default.
     defaults = RunConfig.defaults()
@@ -61,6 +61,22 @@ def _check_same_bench(path: Path, record: dict[str, Any]) -> None:
             f"{there.get(key)!r} there, {now.get(key)!r} now); "
             "rerun it with the same settings or choose another --output_dir"
         )
+
+
+def _extends(key: str, there: Any, now: Any) -> bool:
+    """Whether a rerun's sweep or seeds keep every finished run meaningful: the same swept
+    settings with values only added, and seeds only added after the same first seed (tuning
+    runs with the first). A chosen point that changes is caught per run (:func:`_run`)."""
+    if there == now:
+        return True
+    if key == "seeds":
+        return bool(there) and bool(now) and now[0] == there[0] and set(there) <= set(now)
+    if not there or not now or len(there) != len(now):
+        return False
+    return all(
+        a["setting"] == b["setting"] and set(map(str, a["values"])) <= set(map(str, b["values"]))
+        for a, b in zip(there, now, strict=True)
+    )
 
 
 def run_bench(
@@ -118,6 +134,7 @@ def _run(config: RunConfig, run_dir: Path, name: str, description: str) -> None:
     """One run into ``run_dir``: skipped when finished, resumed when interrupted."""
     from smartfed.federation.runner import run_federated
 
+    _check_same_run(run_dir, config)
     if (run_dir / "summary.json").is_file():
         print(f"{name}: done, skipped", flush=True)
         return
@@ -125,6 +142,23 @@ def _run(config: RunConfig, run_dir: Path, name: str, description: str) -> None:
     config.resume = resume
     print(f"{name}: {'resuming' if resume else 'running'} ({description})", flush=True)
     run_federated(config)
+
+
+def _check_same_run(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to reuse a run made with other settings (an extended grid that now chooses
+    another point for the seed runs), rather than report it under the new choice."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    planned = config.to_dict()
+    for key in sorted(set(saved["method_settings"]) | set(planned["method_settings"])):
+        there, now = saved["method_settings"].get(key), planned["method_settings"].get(key)
+        if there != now:
+            raise ConfigError(
+                f"{run_dir} was run with {key}={there!r}, this bench now plans {key}={now!r}; "
+                "remove that folder to rerun it, or choose another --output_dir"
+            )
 
 
 def _final_loss(run_dir: Path) -> float | None:
