@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # setting keys the cache, so a new setting is safe by default: at worst a needless rebuild.
 _NOT_RUNTIME_KEYS = frozenset(
     {"num_rounds", "output_dir", "resume", "preset", "engine", "energy_country", "eval_every",
-     "metric_samples"}
+     "metric_samples", "client_cpus", "client_gpus", "report_to"}
 )  # fmt: skip
 _CACHE: dict[str, Runtime] = {}
 

@@ -9,6 +9,7 @@ TOML files into a RunConfig needs the method registry and so lives above the met
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ ENGINES = ("inprocess", "simulation")
 # Precision of the tensors exchanged with clients (the server averages and keeps float32).
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
 EVAL_SPLITS = ("test", "validation")
+# Precision of the frozen base model and pool experts; trainable parameters stay float32.
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+REPORT_TO = ("none", "tensorboard", "wandb")
 # config.json layout: 1 = one flat dict of every method's settings (SmartFed <= 0.1),
 # 2 = shared settings + "method_settings" (the chosen method's block).
 CONFIG_FORMAT = 2
@@ -83,10 +87,35 @@ class RunConfig(Settings):
     metric_samples: int = setting(
         0, "task-benchmark items scored on the final model (0: none)", minimum=0
     )
+    # hardware and precision
+    device: str = setting("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
+    dtype: str = setting(
+        "float32",
+        "precision of the frozen base model and pool experts (trainable parameters stay float32)",
+        choices=MODEL_DTYPES,
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in the backward pass (less memory, more compute)"
+    )
+    load_in_4bit: bool = setting(
+        False, "load the frozen base model in 4 bits through bitsandbytes (CUDA only)"
+    )
     # run
     seed: int = setting(0, "random seed (sampling, partitions, router init, batches)")
     engine: str = setting(
         "inprocess", "inprocess (one process) or simulation (Flower's Ray engine)", choices=ENGINES
+    )
+    client_cpus: float | None = setting(
+        None, "CPU cores each simulated client reserves (--engine simulation; default 1)", above=0
+    )
+    client_gpus: float | None = setting(
+        None,
+        "GPUs each simulated client reserves, fractions share one GPU (--engine simulation; "
+        "default 0)",
+        minimum=0,
+    )
+    report_to: str = setting(
+        "none", "where per-round metrics also go: none, tensorboard or wandb", choices=REPORT_TO
     )
     output_dir: str = setting("runs/smartfed", "run directory")
     energy_country: str = setting("USA", "ISO code for CodeCarbon's offline carbon intensity")
@@ -114,6 +143,14 @@ class RunConfig(Settings):
                     )
         elif self.partition == "natural" and self.dirichlet_alpha is not None:
             raise ConfigError("--dirichlet_alpha applies to --partition dirichlet only")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(
+                f"--device {self.device!r}: expected auto, cpu, cuda, cuda:N (N a GPU index) or mps"
+            )
+        if self.engine != "simulation":
+            for name in ("client_cpus", "client_gpus"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"--{name} applies to --engine simulation only")
         if self.eval_split == "validation" and self.metric_samples:
             raise ConfigError(
                 "--metric_samples scores the task's test benchmark; it does not apply with "
