@@ -79,8 +79,13 @@ $(POOL_DIR)/modules/en_math/adapter_model.safetensors: | setup
 $(POOL_DIR)/modules/en_code/adapter_model.safetensors: | setup
 	$(POOL_BUILD) en_code --data code_instruct --steps 100 --skill "English code" --output_dir $(POOL_DIR)/modules/en_code
 
+# benchmarks/results/step_cost.json: every suite, as benchmarks/results/README.md ran them
+STEP_COST = $(PY) benchmarks/step_cost.py --threads 1 --batch_size 2 --seq_len 64 --warmup 1 \
+	--json benchmarks/results/step_cost.json
 bench: setup
-	$(PY) benchmarks/step_cost.py --json benchmarks/results/step_cost.json
+	$(STEP_COST) --suite methods --dtypes float32,bfloat16 --repeats 7
+	$(STEP_COST) --suite sparse --dtypes float32 --sparse_k 2,8,32 --repeats 5
+	$(STEP_COST) --suite routers,pool_size --dtypes float32 --repeats 5
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -4,6 +4,7 @@ federated setup (tiny model folder, two adapters, a tiny JSONL task) for runs an
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,18 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from smartfed.assembly.config import SettingValues
 from smartfed.engine.config import RunConfig
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_hub_datasets(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hub copies of registered datasets come through `datasets` (smartfed.data.hub): tests never
+    reach the network nor read a developer's Hugging Face cache, where a cached full dataset
+    would replace a bundled subset and change the counts tests check. Set before any test
+    imports `datasets`, which reads both variables on import."""
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf_datasets_cache"))
+    os.environ.pop("SMARTFED_HUB_MIRROR", None)
+
 
 TINY = dict(
     vocab_size=272,  # 256 byte tokens + specials of the tiny tokenizer

@@ -70,10 +70,20 @@ def test_all_datasets_are_registered() -> None:
         "zh_code",
         "zh_instruct",
         "code_instruct",
+        "metamathqa",
+        "magicoder_oss_instruct",
+        "okapi_zh",
     }
     assert expected <= names
     assert len(LANGUAGES) == 11
     assert DATASETS["doit"].hub_id == "ChiyuSONG/dynamics-of-instruction-tuning"
+    hub_ids = {name: spec.hub_id for name, spec in DATASETS.items()}
+    assert hub_ids["metamathqa"] == "meta-math/MetaMathQA"
+    assert hub_ids["magicoder_oss_instruct"] == "ise-uiuc/Magicoder-OSS-Instruct-75K"
+    assert hub_ids["gsm_hard"] == "reasoning-machines/gsm-hard"
+    assert hub_ids["humaneval"] == "openai/openai_humaneval"
+    # Offline stand-ins and data published nowhere on the hub have no hub copy.
+    assert all(hub_ids[n] is None for n in ("math23k", "zh_instruct", "zh_code", "okapi_zh"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,6 +177,10 @@ def test_math23k_targets_end_with_the_answer(split: str, file: str) -> None:
         ("math23k", "test", 150, "math23k/testset.json"),
         ("mgsm_zh", "test", 250, "mgsm/mgsm_zh.tsv"),
         ("mgsm_en", "test", 250, "mgsm/mgsm_en.tsv"),
+        ("gsm_hard", "test", 50, "gsm_hard/gsmhardv2.jsonl"),
+        ("humaneval", "test", 40, "humaneval/HumanEval.jsonl.gz"),
+        ("mbpp", "test", 50, "mbpp/mbpp.jsonl"),
+        ("mbpp", "prompt", 10, "mbpp/mbpp.jsonl"),
     ],
 )
 def test_bundled_subsets_load_without_a_data_dir(
@@ -183,6 +197,20 @@ def test_bundled_files_are_small() -> None:
     added = [registry.BUNDLED_DIR / d for d in ("math23k", "mgsm")]
     size = sum(p.stat().st_size for d in added for p in d.iterdir())
     assert size < 600_000
+    evaluation = [registry.BUNDLED_DIR / d for d in ("gsm_hard", "humaneval", "mbpp")]
+    assert sum(p.stat().st_size for d in evaluation for p in d.iterdir()) < 150_000
+
+
+def test_bundled_evaluation_subsets_are_documented_with_their_licences() -> None:
+    readme = (registry.BUNDLED_DIR / "README.md").read_text(encoding="utf-8")
+    licences = {"gsm_hard": "Apache License", "humaneval": "MIT License", "mbpp": "Apache License"}
+    for name, licence in licences.items():
+        assert f"## {name}/" in readme
+        assert licence in (registry.BUNDLED_DIR / name / "LICENSE").read_text(encoding="utf-8")
+    # The bundled MBPP file holds only ids 1-60: no train split, so it is not used for one.
+    assert [e.meta["task_id"] for e in load_examples("mbpp", "test", limit=50)] == list(
+        range(11, 61)
+    )
 
 
 @needs_shared
@@ -195,6 +223,19 @@ def test_bundled_files_are_unchanged_copies() -> None:
         full = json.loads((SHARED_DATA / "math23k" / name).read_text(encoding="utf-8"))
         subset = json.loads((bundled / "math23k" / name).read_text(encoding="utf-8"))
         assert subset == full[:count]
+    # Evaluation subsets: the first lines of each file, byte for byte (HumanEval decompressed).
+    for relative, lines in (("gsm_hard/gsmhardv2.jsonl", 50), ("mbpp/mbpp.jsonl", 60)):
+        head = (bundled / relative).read_bytes()
+        assert (SHARED_DATA / relative).read_bytes().startswith(head)
+        assert head.count(b"\n") == lines and head.endswith(b"\n")
+    human = gzip.decompress((bundled / "humaneval" / "HumanEval.jsonl.gz").read_bytes())
+    full_human = gzip.decompress((SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz").read_bytes())
+    assert full_human.startswith(human) and human.count(b"\n") == 40
+    for name, licence in (("gsm_hard", "LICENSE-pal.txt"), ("humaneval", "LICENSE-human-eval.txt"),
+                          ("mbpp", "LICENSE-google-research-Apache-2.0.txt")):  # fmt: skip
+        assert (bundled / name / "LICENSE").read_bytes() == (
+            SHARED_DATA / name / licence
+        ).read_bytes()
 
 
 def test_languages_not_bundled_name_the_data_dir() -> None:

@@ -95,3 +95,21 @@ def test_bad_recipe_values_are_refused():
         BuildRecipe(dataset="gsm8k", save_dtype="int8")
     with pytest.raises(ConfigError, match="--shard"):
         BuildRecipe(dataset="gsm8k", shard="2/2")
+
+
+def test_a_bfloat16_build_trains_a_float32_lora_and_resumes_only_in_bfloat16(
+    tmp_path, tiny_model_dir, tiny_jsonl
+):
+    """--dtype bfloat16: the frozen base in bfloat16, the LoRA trained (and saved) in float32;
+    a checkpoint continues on another --device but not in another --dtype."""
+    half = recipe(tiny_jsonl, dtype="bfloat16")
+    assert build(tmp_path, tiny_model_dir, half, stop_after=2, device="cpu") is None
+    with pytest.raises(ConfigError, match=r"different build \(differs in: dtype\)"):
+        build(tmp_path, tiny_model_dir, recipe(tiny_jsonl))
+    entry = build(tmp_path, tiny_model_dir, half, device="auto")
+    weights = load_file(Path(entry.resolved_source()) / "adapter_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    assert entry.recipe["dtype"] == "bfloat16"
+    assert entry.recipe["final_loss"] < entry.recipe["initial_loss"]
+    with pytest.raises(ConfigError, match="--dtype"):
+        BuildRecipe(dataset="gsm8k", dtype="int8")

@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import torch
 
 from smartfed.assembly.config import config_from_dict
 from smartfed.data import BatchStream, encode_example, load_examples, partition_examples
@@ -25,7 +26,7 @@ from smartfed.engine.rundir import RunDirectory
 from smartfed.engine.training import client_seed, seed_everything
 from smartfed.errors import ConfigError
 from smartfed.methods import build_method
-from smartfed.models import load_base_model
+from smartfed.models import LoadedModel, check_load_in_4bit, load_base_model, resolve_device
 from smartfed.pool import PoolRegistry, load_pool
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,15 @@ class Runtime:
     def __post_init__(self) -> None:
         config = self.config
         self.task = get_task(config.task)
-        loaded = load_base_model(config.model_name_or_path)
+        loaded, self.device = load_run_model(config)
         self.tokenizer = loaded.tokenizer
         self.model_source = loaded.source
         self.pool = load_pool(config.pool_items, PoolRegistry.default(config.pool_manifest))
         # Router init and a fresh LoRA's A come from the run seed: every process builds the
-        # same initial model.
+        # same initial model, on the CPU whatever the device (CUDA would draw other numbers).
         seed_everything(config.seed)
         self.method = build_method(config, loaded.model, self.pool)
+        place_method(self.method, self.device, config)
         self.initial_global_state = self.method.global_state()
         self.initial_local_state = self.method.local_state()
         self.train_examples = load_examples(
@@ -143,6 +145,40 @@ def _subsample(partitions: list[list[int]], fraction: float, seed: int) -> list[
     return kept
 
 
+def check_hardware(config: RunConfig) -> None:
+    """Refuse, in one line and before any model loads, a ``--device`` this machine lacks and
+    ``--load_in_4bit`` off CUDA or without bitsandbytes."""
+    device = resolve_device(config.device)
+    if config.load_in_4bit:
+        check_load_in_4bit(device)
+
+
+def load_run_model(
+    config: RunConfig, model_override: str | None = None, *, device: str | None = None
+) -> tuple[LoadedModel, torch.device]:
+    """The run's base model in its ``--dtype`` (with gradient checkpointing and 4-bit weights as
+    set), and the device its method goes to (``device`` overrides ``config.device``).
+
+    The model stays on the CPU, so that the method is built there (seeded initialisations do
+    not depend on the device) and then moved by :func:`place_method`; a 4-bit model is loaded
+    straight onto its GPU, where bitsandbytes quantizes it."""
+    target = resolve_device(device or config.device)
+    loaded = load_base_model(
+        model_override or config.model_name_or_path,
+        dtype=config.dtype,
+        device=target if config.load_in_4bit else None,
+        load_in_4bit=config.load_in_4bit,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+    return loaded, target
+
+
+def place_method(method: FederatedMethod, device: torch.device, config: RunConfig) -> None:
+    """Move a method built on the CPU to ``device`` (a 4-bit model is already there)."""
+    if not config.load_in_4bit:
+        method.model.to(device)
+
+
 def get_runtime(config: RunConfig) -> Runtime:
     settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_RUNTIME_KEYS}
     key = json.dumps(settings, sort_keys=True)
@@ -166,17 +202,28 @@ class FinishedRun:
 
 
 def load_finished_run(
-    run_dir: str, *, model_override: str | None = None, pool_manifest: str | None = None
+    run_dir: str,
+    *,
+    model_override: str | None = None,
+    pool_manifest: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> FinishedRun:
-    """Rebuild a run's method on its base model and pool and load its ``final/`` folder."""
+    """Rebuild a run's method on its base model and pool and load its ``final/`` folder.
+
+    ``device``: where it runs (default: auto, not the run's device: the hardware may differ);
+    ``dtype``: the base model's precision (default: the run's ``--dtype``)."""
     run = RunDirectory(run_dir)
     saved = run.read_config()
     saved.pop("smartfed_version", None)
+    if dtype is not None:
+        saved["dtype"] = dtype
     config = config_from_dict(saved, source=str(run.config_path))
-    loaded = load_base_model(model_override or config.model_name_or_path)
+    loaded, target = load_run_model(config, model_override, device=device or "auto")
     pool = load_pool(config.pool_items, PoolRegistry.default(pool_manifest or config.pool_manifest))
     seed_everything(config.seed)  # FFA-LoRA's frozen A is rebuilt from the run seed
     method = build_method(config, loaded.model, pool)
+    place_method(method, target, config)
     if not method.has_global_model:
         raise ConfigError(
             f"--run {run_dir}: method {config.method} keeps part of its model on the clients "
@@ -194,6 +241,8 @@ def load_finished_run(
         "pool": config.pool_items,
         "base_model": loaded.source.display_name,
         "base_model_fingerprint": loaded.source.fingerprint,
+        "device": str(target),
+        "dtype": config.dtype,
         **method.describe_final(),
     }
     return FinishedRun(method=method, tokenizer=loaded.tokenizer, description=description)

@@ -23,7 +23,7 @@ from smartfed.assembly.config import SettingValues
 from smartfed.bench.results import bench_results, read_run, results_markdown, seeded_results
 from smartfed.bench.sweep import TUNE_DIR, Sweep, check_sweep, choose, point_name, untuned_reason
 from smartfed.bench.variants import BenchEntry
-from smartfed.engine.config import RunConfig
+from smartfed.engine.config import RESUMABLE_HARDWARE, RunConfig
 from smartfed.errors import ConfigError
 from smartfed.utils.io import write_json_atomic, write_text_atomic
 
@@ -53,7 +53,12 @@ def _check_same_bench(path: Path, record: dict[str, Any]) -> None:
     defaults = RunConfig.defaults()
     there = {**defaults, **saved.get("settings", {})}
     now = {**defaults, **record["settings"]}
-    differing = sorted(key for key in set(there) | set(now) if there.get(key) != now.get(key))
+    # Hardware settings (--device) may change when a bench is continued, as for a run.
+    differing = sorted(
+        key
+        for key in set(there) | set(now)
+        if there.get(key) != now.get(key) and key not in RESUMABLE_HARDWARE
+    )
     if differing:
         key = differing[0]
         raise ConfigError(

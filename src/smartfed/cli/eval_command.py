@@ -10,6 +10,7 @@ console = Console(stderr=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from smartfed.engine.config import MODEL_DTYPES
     from smartfed.evaluation.benchmarks import (
         DEFAULT_TIMEOUT_S,
         LOSS_DEFAULT_DATA,
@@ -44,6 +45,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", default=None, help="write the JSON result to this file")
     parser.add_argument("--data_dir", default=None, help="dataset folder (default: env, bundled)")
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=MODEL_DTYPES,
+        help="precision of the base model (default: the run's --dtype with --run, else float32)",
+    )
     # Options of one kind of benchmark: default None, so that giving one to the other kind is
     # refused (the benchmark applies the real defaults).
     generative = parser.add_argument_group("generative benchmarks only")
@@ -103,6 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         pool_module=args.pool_module,
         run_dir=args.run_dir,
         pool_manifest=args.pool_manifest,
+        device=args.device,
+        dtype=args.dtype,
     )
     result = benchmark.evaluate(target, settings)
     what = target.description.get("adapter") or target.description.get("run_dir") or "base model"

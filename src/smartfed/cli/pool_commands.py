@@ -70,6 +70,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="storage dtype of the adapter weights (float16 halves the size)",
     )
     p_build.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="precision of the frozen base model while training (the LoRA stays float32)",
+    )
+    p_build.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps",
+    )
+    p_build.add_argument(
         "--checkpoint_every",
         type=int,
         default=25,
@@ -182,6 +193,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_dir=args.data_dir,
         save_dtype=args.save_dtype,
+        dtype=args.dtype,
     )
     entry = build_pool_module(
         args.name,
@@ -191,6 +203,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         skill=args.skill,
         checkpoint_every=args.checkpoint_every,
+        device=args.device,
     )
     console.print(
         f"[green]built[/green] {entry.name}: loss {entry.recipe['initial_loss']:.3f} -> "

@@ -14,7 +14,7 @@ import logging
 from dataclasses import Field
 
 from smartfed.assembly.config import PRESETS, config_from_dict, gather, method_settings_index
-from smartfed.engine.config import RunConfig
+from smartfed.engine.config import RESUMABLE_HARDWARE, RunConfig
 from smartfed.engine.rundir import RunDirectory
 from smartfed.engine.settings import kind_of
 from smartfed.errors import ConfigError
@@ -68,6 +68,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run a federated fine-tuning method")
     add_run_arguments(parser)
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print parameter counts, the memory one client needs and the bytes per round for "
+        "these settings, then exit (reads no weights and no data)",
+    )
     parser.set_defaults(func=cmd_run)
 
 
@@ -77,18 +83,30 @@ def given_settings(args: argparse.Namespace) -> dict[str, object]:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.resume:
-        given = list(given_settings(args))
+        settings = given_settings(args)
+        for name in ("dtype", "load_in_4bit"):
+            if name in settings:
+                raise ConfigError(
+                    f"--{name} cannot be given with --resume: a resumed run keeps the precision "
+                    "in its config.json (another one would change its numerics mid-run)"
+                )
+        given = [name for name in settings if name not in RESUMABLE_HARDWARE]
         if args.preset or args.config or given:
             raise ConfigError(
                 "--resume DIR continues a run with its saved config.json; do not combine it "
-                f"with --preset, --config or other settings (got: {', '.join(given) or 'preset'})"
+                f"with --preset, --config or other settings (got: {', '.join(given) or 'preset'}; "
+                f"only {', '.join('--' + n for n in RESUMABLE_HARDWARE)} may change)"
             )
-        return resume_config(args.resume)
+        hardware = {k: v for k, v in settings.items() if k in RESUMABLE_HARDWARE}
+        return resume_config(args.resume, hardware)
     values = gather(preset=args.preset, config_file=args.config, overrides=given_settings(args))
     return values.config_for()
 
 
-def resume_config(run_dir: str) -> RunConfig:
+def resume_config(run_dir: str, hardware: dict[str, object] | None = None) -> RunConfig:
+    """The saved config of the run in ``run_dir``, to continue it; ``hardware`` may change
+    the settings in ``RESUMABLE_HARDWARE`` (e.g. another --device: checkpoints are CPU float32,
+    so a run continues on any device). config.json then records the new values."""
     from smartfed.assembly.config import is_current_format
 
     saved = RunDirectory(run_dir).read_config()
@@ -98,16 +116,21 @@ def resume_config(run_dir: str) -> RunConfig:
             f"{saved.get('smartfed_version', '0.1')} (config format 1) and cannot be continued "
             "by this version; `smartfed report` and `smartfed eval --run` still read it"
         )
-    saved.update(output_dir=run_dir, resume=True)
+    saved.update(output_dir=run_dir, resume=True, **(hardware or {}))
     return config_from_dict(saved, source=f"{run_dir}/config.json")
 
 
 def check_inputs(config: RunConfig) -> None:
-    """Fail on bad task, data or pool names before any model is loaded."""
+    """Fail on bad task, data or pool names (or a --report_to backend that is not installed)
+    before any model is loaded."""
+    from smartfed.assembly.runtime import check_hardware
     from smartfed.data import load_examples
     from smartfed.data.tasks import get_task
     from smartfed.pool import PoolRegistry, resolve_pool_item
+    from smartfed.telemetry.reporting import check_reporter
 
+    check_reporter(config.report_to)
+    check_hardware(config)  # --device cuda without CUDA, --load_in_4bit without bitsandbytes
     logging.disable(logging.INFO)  # the run itself logs where its data comes from, once
     try:
         task = get_task(config.task)
@@ -125,6 +148,11 @@ def check_inputs(config: RunConfig) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if getattr(args, "dry_run", False):
+        from smartfed.cli.dry_run import print_dry_run
+
+        print_dry_run(config)
+        return 0
     check_inputs(config)
     from smartfed.federation.runner import run_federated
 

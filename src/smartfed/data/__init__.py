@@ -9,6 +9,7 @@ from smartfed.data.formatting import (
     encode_example,
     encode_examples,
 )
+from smartfed.data.hub import HUB_MIRROR_ENV, HubSource, HubUnavailable
 from smartfed.data.partition import (
     PARTITIONERS,
     partition_examples,
@@ -34,12 +35,15 @@ __all__ = [
     "BUNDLED_DIR",
     "DATASETS",
     "DATA_DIR_ENV",
+    "HUB_MIRROR_ENV",
     "IGNORE_INDEX",
     "PARTITIONERS",
     "BatchStream",
     "DatasetSpec",
     "EncodedExamples",
     "Example",
+    "HubSource",
+    "HubUnavailable",
     "ResolvedFile",
     "available_datasets",
     "collate",

@@ -24,6 +24,9 @@ WIRE_DTYPES = ("float32", "bfloat16", "float16")
 EVAL_SPLITS = ("test", "validation")
 # Precision of the frozen base model and pool experts; trainable parameters stay float32.
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+# Settings a resumed run (or bench) may change: where and how memory-thriftily it computes, not
+# what. --dtype and --load_in_4bit change the numerics mid-run and are refused on resume.
+RESUMABLE_HARDWARE = ("device", "gradient_checkpointing")
 REPORT_TO = ("none", "tensorboard", "wandb")
 # config.json layout: 1 = one flat dict of every method's settings (SmartFed <= 0.1),
 # 2 = shared settings + "method_settings" (the chosen method's block).
@@ -111,7 +114,7 @@ class RunConfig(Settings):
     client_gpus: float | None = setting(
         None,
         "GPUs each simulated client reserves, fractions share one GPU (--engine simulation; "
-        "default 0)",
+        "default 1 where clients would train on CUDA, else 0)",
         minimum=0,
     )
     report_to: str = setting(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from smartfed.data.formatting import IGNORE_INDEX
+from smartfed.models import model_autocast, model_device, to_device
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,15 @@ class BatchLoss:
 def answer_token_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> BatchLoss:
     """Run ``model`` on one batch and score its next-token predictions on the answer tokens.
 
-    The logits at position t predict token t + 1 (shifted), in float32 whatever the model's dtype.
+    The batch moves to the model's device (the results stay there). The logits at position t
+    predict token t + 1 (shifted), in float32 whatever the model's dtype.
     ``total`` is reduced by ``cross_entropy(reduction="sum")``'s own kernel (a log-softmax, then
     an NLL sum), so it is bit-for-bit what that call returns; ``row_sums`` are the same per-token
     terms summed by row.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    batch = to_device(batch, model_device(model))
+    with model_autocast(model):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
     logits = logits[:, :-1]
     log_probs = torch.nn.functional.log_softmax(

@@ -117,17 +117,19 @@ class FederatedMethod(ABC):
         return sum(p.numel() for p in self.trainable_parameters().values())
 
     def global_state(self) -> dict[str, torch.Tensor]:
-        """The tensors the server averages and sends each round (copies)."""
+        """The tensors the server averages and sends each round: CPU float32 copies, whatever
+        the model's device (the federation layer serialises them)."""
         return {
-            n: p.detach().clone()
+            n: _exchanged(p)
             for n, p in self.trainable_parameters().items()
             if self.is_communicated(n)
         }
 
     def local_state(self) -> dict[str, torch.Tensor]:
-        """Trained tensors that never leave the client (copies); empty for most methods."""
+        """Trained tensors that never leave the client (CPU float32 copies); empty for most
+        methods."""
         return {
-            n: p.detach().clone()
+            n: _exchanged(p)
             for n, p in self.trainable_parameters().items()
             if not self.is_communicated(n)
         }
@@ -176,6 +178,12 @@ class FederatedMethod(ABC):
         """Called after the local steps; returns extra metrics sent with the update."""
         return {}
 
+    def reply_metric_sizes(self) -> dict[str, int]:
+        """The sizes of what :meth:`finish_local_training` returns, known without training:
+        metric name -> number of values (1 for a scalar). ``smartfed run --dry_run`` counts a
+        reply's bytes from it."""
+        return {}
+
     # ------------------------------------------------------------------ final model
     @abstractmethod
     def save_final(self, directory: Path) -> None:
@@ -192,3 +200,8 @@ class FederatedMethod(ABC):
     def describe_final(self) -> dict[str, Any]:
         """A JSON summary of the trained state for summary.json (e.g. LoRAHub's weights)."""
         return {}
+
+
+def _exchanged(param: torch.Tensor) -> torch.Tensor:
+    """A CPU float32 copy of ``param`` (for a CPU float32 parameter: exactly ``clone()``)."""
+    return param.detach().to(device="cpu", dtype=torch.float32, copy=True)

@@ -33,7 +33,9 @@ import numpy as np
 from smartfed import __version__
 from smartfed.engine.rundir import RunDirectory, ServerState
 from smartfed.errors import ConfigError
+from smartfed.models import dtype_name, model_device, model_dtype
 from smartfed.telemetry import EnergyMeter
+from smartfed.telemetry.reporting import MetricsReporter, open_reporter
 from smartfed.utils.io import write_dir_atomic
 
 if TYPE_CHECKING:
@@ -93,6 +95,8 @@ class RunRecorder:
         model_name: the base model's display name, for summary.json.
         partitions: per-client partition statistics, for partitions.json.
         energy_meter: defaults to CodeCarbon's, carrying on from the checkpointed total.
+        reporter: where each round's numbers also go; defaults to ``config.report_to``'s
+            (TensorBoard, wandb or none), continuing after the last checkpointed round.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class RunRecorder:
         model_name: str,
         partitions: list[dict[str, Any]],
         energy_meter: EnergyMeter | None = None,
+        reporter: MetricsReporter | None = None,
     ):
         self.config = config
         self.method = method
@@ -128,6 +133,15 @@ class RunRecorder:
             )
         self.meter = energy_meter
         self.energy_total: float | None = None  # the meter's reading at the end of the rounds
+        if reporter is None:
+            # Steps after the checkpoint replace what a crashed process wrote (no duplicates).
+            reporter = open_reporter(
+                config.report_to,
+                self.run_dir.path,
+                first_step=self.rounds_done + 1 if self.resumed else 0,
+                config=config.to_dict(),
+            )
+        self.reporter = reporter
 
     def _write_setup(self, partitions: list[dict[str, Any]]) -> None:
         config = self.config
@@ -176,11 +190,15 @@ class RunRecorder:
         self.meter.start()
         try:
             yield self.meter
+        except BaseException:
+            self.reporter.close(failed=True)  # the rounds failed: finish() will not run
+            raise
         finally:
             self.energy_total = self.meter.stop()
 
     def record_initial_eval(self, evaluation: dict[str, Any]) -> None:
         self.totals["initial_eval"] = _eval_row(evaluation)
+        self.reporter.log(0, *dashboard_metrics(self.totals["initial_eval"], {}))
         log.info(
             "round 0: eval loss %.4f", self.totals["initial_eval"].get("eval_loss", float("nan"))
         )
@@ -231,9 +249,11 @@ class RunRecorder:
             rng=ServerState.capture_rng(),
         )
         # Order matters for crash safety: metrics first, then the checkpoint that makes them
-        # official (a resume drops metrics rows newer than the last checkpoint).
+        # official (a resume drops metrics rows newer than the last checkpoint). The dashboard
+        # goes with the row: a resumed reporter drops steps newer than the checkpoint too.
         self.rows.append(row)
         self.run_dir.write_metrics(self.rows)
+        self.reporter.log(absolute, *dashboard_metrics(row, totals))
         self.run_dir.save_checkpoint(state)
         self.rounds_done = absolute
         print_round(row, self.config.num_rounds)
@@ -266,6 +286,7 @@ class RunRecorder:
             extra["final_metric"] = final_metric() if final_metric else None
         summary = {**self.summary(), **extra}
         self.run_dir.write_json("summary.json", summary)
+        self.reporter.close()
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -300,6 +321,10 @@ class RunRecorder:
             "trainable_parameters": method.num_trainable_parameters(),
             "communicated_parameters": sum(t.numel() for t in method.global_state().values()),
             "wire_dtype": self.config.wire_dtype,  # the precision those values travelled in
+            # Where the model ran and the precision of its base weights (config.json has the
+            # requested --device, e.g. "auto").
+            "device": str(model_device(method.model)),
+            "dtype": dtype_name(model_dtype(method.model)),
             "lora_equivalent_parameters": method.pool.num_parameters,
             "final_state": method.describe_final() if method.has_global_model else None,
             "pool": method.pool.names,
@@ -311,6 +336,41 @@ class RunRecorder:
 
 def _eval_row(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "eval_loss_sum"}
+
+
+def dashboard_metrics(
+    row: dict[str, Any], totals: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """A metrics row as a dashboard's scalars and histograms (``--report_to``): losses,
+    traffic (the round's and, from ``totals``, the run's so far), EEQA quotas, energy, time."""
+    scalars: dict[str, float] = {}
+    sources = {
+        "loss/train": row.get("train_loss"),
+        "loss/eval": row.get("eval_loss"),
+        "loss/eval_ppl": row.get("eval_ppl"),
+        "bytes/down": row.get("bytes_down"),
+        "bytes/up": row.get("bytes_up"),
+        "bytes/down_total": totals.get("bytes_down"),
+        "bytes/up_total": totals.get("bytes_up"),
+        "bytes/eval": row.get("bytes_eval"),  # client evaluation traffic (FedSA-LoRA)
+        "energy/kwh_total": row.get("energy_kwh"),  # cumulative; None: not measured
+        "time/round_s": row.get("wall_s"),
+        "time/step_s": row.get("step_time_s"),
+    }
+    for tag, value in sources.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            scalars[tag] = float(value)
+    if "dropped_clients" in row:
+        scalars["clients/dropped"] = float(len(row["dropped_clients"]))
+    histograms: dict[str, list[float]] = {}
+    if row.get("quotas"):  # EEQA's K per matrix
+        quotas = [float(k) for k in row["quotas"]]
+        histograms["quotas"] = quotas
+        scalars |= {"quotas/min": min(quotas), "quotas/max": max(quotas),
+                    "quotas/mean": float(np.mean(quotas))}  # fmt: skip
+    if row.get("importance"):
+        histograms["importance"] = [float(v) for v in row["importance"]]
+    return scalars, histograms
 
 
 def _mib(n: float) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from smartfed.models import autocast, model_device, model_dtype, to_device
 
 if TYPE_CHECKING:
     from smartfed.engine.method import FederatedMethod
@@ -53,8 +55,11 @@ def train_local(
     learning_rate: float,
     num_examples: int,
     seed: int,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> ClientUpdate:
     """Load the global (and the client's own) state, run ``local_steps`` AdamW steps, report.
+
+    ``on_step(index, loss)`` is called after each optimizer step (progress display).
 
     Only the method's trainable parameters change; the base model and the pool stay frozen.
     A fresh optimizer each round is the FedAvg convention (no optimizer state crosses rounds).
@@ -69,16 +74,21 @@ def train_local(
     model.train()
     method.start_local_training()
     losses, tokens, iterator = [], 0, iter(batches)
+    # Batches go where the model is; a half-precision base runs its forward under autocast.
+    device, precision = model_device(model), model_dtype(model)
     started = time.perf_counter()
     try:
-        for _ in range(local_steps):
-            batch = next(iterator)
-            loss = model(**batch).loss
+        for step in range(local_steps):
+            batch = to_device(next(iterator), device)
+            with autocast(device, precision):
+                loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
             tokens += int(batch["attention_mask"].sum())
+            if on_step is not None:
+                on_step(step, losses[-1])
     finally:
         extras = method.finish_local_training()
         model.eval()

@@ -167,9 +167,11 @@ class GenerativeBenchmark(Benchmark):
         return f"generates answers to its own data ({self.dataset}/{self.split})"
 
     def check_data(self, settings: EvalSettings) -> None:
-        from smartfed.data.registry import resolve_split_file
+        from smartfed.data.registry import load_examples
 
-        resolve_split_file(self.dataset, self.split, data_dir=settings.data_dir)
+        # Loads what evaluate() will load (local file, bundled subset or hub copy), so a missing
+        # dataset fails before the model is loaded.
+        load_examples(self.dataset, self.split, data_dir=settings.data_dir, limit=settings.limit)
 
     def evaluate(
         self, target: EvalTarget, settings: EvalSettings, *, progress: bool = True
@@ -223,11 +225,11 @@ class LossBenchmark(Benchmark):
         return LOSS_DEFAULT_DATA, settings.split or LOSS_DEFAULT_SPLIT
 
     def check_data(self, settings: EvalSettings) -> None:
-        from smartfed.data.registry import resolve_split_file
+        from smartfed.data.registry import load_examples
 
         dataset, split = self.data_source(settings)
         if "/" not in dataset and not dataset.endswith(".jsonl"):  # a registered dataset
-            resolve_split_file(dataset, split, data_dir=settings.data_dir)
+            load_examples(dataset, split, data_dir=settings.data_dir, limit=settings.limit)
 
     def evaluate(
         self, target: EvalTarget, settings: EvalSettings, *, progress: bool = True

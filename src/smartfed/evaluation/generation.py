@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from smartfed.models import model_autocast, model_device, to_device
+
 
 def render_prompt(tokenizer: Any, prompt: str) -> str:
     """The text a model sees before it answers ``prompt`` (user turn + assistant header)."""
@@ -63,6 +65,7 @@ def generate(
     )
     was_training = model.training
     model.eval()
+    device = model_device(model)
     try:
         bar = tqdm(total=len(prompts), desc=description, disable=not progress, unit="item")
         for start in range(0, len(order), batch_size):
@@ -73,15 +76,17 @@ def generate(
                 padding=True,
                 add_special_tokens=add_special,
             )
-            generated = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=pad_id,
-                stop_strings=list(stop) or None,
-                tokenizer=tokenizer if stop else None,
-            )
+            batch = to_device(batch, device)
+            with model_autocast(model):
+                generated = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=pad_id,
+                    stop_strings=list(stop) or None,
+                    tokenizer=tokenizer if stop else None,
+                )
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
             for i, row in zip(chunk, new_tokens, strict=True):
                 text = tokenizer.decode(row, skip_special_tokens=True)

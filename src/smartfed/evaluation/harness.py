@@ -52,22 +52,32 @@ def load_eval_target(
     pool_module: str | None = None,
     run_dir: str | None = None,
     pool_manifest: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> EvalTarget:
-    """Load one of: base model, base + PEFT adapter, base + pool module, or a run directory."""
-    from smartfed.models import DEFAULT_MODEL, load_base_model
+    """Load one of: base model, base + PEFT adapter, base + pool module, or a run directory.
+
+    ``device``: a ``--device`` spec (default auto); ``dtype``: the base model's precision
+    (default: a run's own ``--dtype``, else float32)."""
+    from smartfed.models import DEFAULT_MODEL, load_base_model, resolve_device
 
     chosen = [name for name, v in (("--adapter", adapter), ("--pool_module", pool_module),
                                    ("--run", run_dir)) if v]  # fmt: skip
     if len(chosen) > 1:
         raise ConfigError(f"give at most one of --adapter, --pool_module, --run (got {chosen})")
     if run_dir:
-        return _load_run(run_dir, model_name_or_path, pool_manifest)
+        return _load_run(run_dir, model_name_or_path, pool_manifest, device, dtype)
 
-    loaded = load_base_model(model_name_or_path or DEFAULT_MODEL)
+    target = resolve_device(device or "auto")
+    loaded = load_base_model(
+        model_name_or_path or DEFAULT_MODEL, dtype=dtype or "float32", device=target
+    )
     description: dict[str, Any] = {
         "kind": "base",
         "base_model": loaded.source.display_name,
         "base_model_fingerprint": loaded.source.fingerprint,
+        "device": str(target),
+        "dtype": dtype or "float32",
     }
     model = loaded.model
     if adapter or pool_module:
@@ -92,10 +102,22 @@ def load_eval_target(
     return EvalTarget(model=model, tokenizer=loaded.tokenizer, description=description)
 
 
-def _load_run(run_dir: str, model_override: str | None, pool_manifest: str | None) -> EvalTarget:
+def _load_run(
+    run_dir: str,
+    model_override: str | None,
+    pool_manifest: str | None,
+    device: str | None,
+    dtype: str | None,
+) -> EvalTarget:
     from smartfed.assembly.runtime import load_finished_run
 
-    run = load_finished_run(run_dir, model_override=model_override, pool_manifest=pool_manifest)
+    run = load_finished_run(
+        run_dir,
+        model_override=model_override,
+        pool_manifest=pool_manifest,
+        device=device,
+        dtype=dtype,
+    )
     return EvalTarget(model=run.model, tokenizer=run.tokenizer, description=run.description)
 
 

@@ -15,8 +15,9 @@ from flwr.clientapp import ClientApp
 from smartfed.assembly.runtime import get_runtime
 from smartfed.engine.evaluation import evaluate_loss
 from smartfed.engine.training import client_seed, train_local
-from smartfed.federation.settings import from_run_config
+from smartfed.federation.settings import PARTITION_ID, from_run_config
 from smartfed.federation.wire import from_wire, to_wire
+from smartfed.telemetry.progress import client_progress
 
 app = ClientApp()
 LOCAL_STATE_KEY = "smartfed-local-state"
@@ -27,22 +28,27 @@ def train(msg: Message, context: Context) -> Message:
     config = from_run_config(context.run_config, context.node_config)
     runtime = get_runtime(config)
     method = runtime.method
-    partition_id = int(context.node_config["partition-id"])
+    partition_id = int(context.node_config[PARTITION_ID])
     round_config = msg.content["config"]
     server_round = int(round_config["server-round"])
     stream = runtime.client_batches(partition_id, server_round)
     kept = context.state.get(LOCAL_STATE_KEY)
-    update = train_local(
-        method,
-        (stream.next_batch() for _ in range(config.local_steps)),
-        global_state=from_wire(msg.content["arrays"]),
-        local_state=kept.to_torch_state_dict() if kept else runtime.initial_local_state,
-        round_config=dict(round_config),
-        local_steps=config.local_steps,
-        learning_rate=config.settings.learning_rate,
-        num_examples=len(runtime.encoded_partition(partition_id)),
-        seed=client_seed(config.seed, server_round, partition_id),
-    )
+    # The round's bar when the in-process grid runs this client, else a bar of its own; the
+    # node id is the client's name in metrics.jsonl (sampled_clients) and the server's log.
+    label = f"round {server_round}/{config.num_rounds}"
+    with client_progress(context.node_id, config.local_steps, label) as progress:
+        update = train_local(
+            method,
+            (stream.next_batch() for _ in range(config.local_steps)),
+            global_state=from_wire(msg.content["arrays"]),
+            local_state=kept.to_torch_state_dict() if kept else runtime.initial_local_state,
+            round_config=dict(round_config),
+            local_steps=config.local_steps,
+            learning_rate=config.settings.learning_rate,
+            num_examples=len(runtime.encoded_partition(partition_id)),
+            seed=client_seed(config.seed, server_round, partition_id),
+            on_step=progress.step,
+        )
     if update.local_state:
         context.state[LOCAL_STATE_KEY] = ArrayRecord(update.local_state)
     metrics = {
@@ -73,3 +79,13 @@ def evaluate(msg: Message, context: Context) -> Message:
         "eval-tokens": result.get("eval_tokens", 0),
     }
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The node's partition id, which the server samples and aggregates by: Flower's
+    simulation and SuperLink give nodes random ids. Builds no runtime."""
+    partition_id = int(context.node_config[PARTITION_ID])
+    return Message(
+        RecordDict({"metrics": MetricRecord({PARTITION_ID: partition_id})}), reply_to=msg
+    )

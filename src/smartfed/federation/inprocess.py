@@ -6,6 +6,7 @@ so this is the smallest Grid that delivers messages to a ``ClientApp`` object di
 message goes through Flower's own serialisation (deflate + inflate) on the way down and up, so
 clients get private copies, exactly as over the wire, and the apps are the same ones that run
 on SuperLink + SuperNodes. A ClientApp that raises becomes an error reply, as a SuperNode does.
+The clients of one training round share one progress bar (:mod:`smartfed.telemetry.progress`).
 What a SuperLink does that Flower does not export goes through :mod:`.flower_compat`.
 """
 
@@ -15,14 +16,16 @@ import logging
 import time
 import traceback
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
 from smartfed.federation import flower_compat
+from smartfed.telemetry.progress import round_progress
 
 if TYPE_CHECKING:
     from smartfed.federation.flower_compat import Run
@@ -54,6 +57,9 @@ class InProcessGrid(Grid):
             for index, node_id in enumerate(self.node_ids)
         }
         self._replies: dict[str, Message] = {}
+        # For the round's progress bar (SmartFed's run-config keys; absent: no bar).
+        self._local_steps = run_config.get("local-steps")
+        self._num_rounds = run_config.get("num-rounds")
         flower_compat.act_as_superlink(run_id)
 
     # ------------------------------------------------------------------ Grid API
@@ -78,23 +84,40 @@ class InProcessGrid(Grid):
         return list(self.node_ids)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
         ids = []
-        for message in messages:
-            flower_compat.set_message_id(message, uuid4().hex)
-            message.metadata.created_at = time.time()
-            instruction = flower_compat.wire_copy(message)
-            context = self.contexts[message.metadata.dst_node_id]
-            try:
-                reply = self.client_app(instruction, context)
-            except Exception as exc:
-                log.debug("client %s raised:\n%s", context.node_id, traceback.format_exc())
-                error = flower_compat.client_app_error(f"{type(exc).__name__}: {exc}")
-                reply = Message(error, reply_to=instruction)
-            flower_compat.set_message_id(reply, uuid4().hex)
-            reply = flower_compat.wire_copy(reply)
-            self._replies[message.metadata.message_id] = reply
-            ids.append(message.metadata.message_id)
+        with self._training_progress(messages):
+            for message in messages:
+                ids.append(self._deliver(message))
         return ids
+
+    def _deliver(self, message: Message) -> str:
+        """Run the ClientApp on ``message``; keep its reply for :meth:`pull_messages`."""
+        flower_compat.set_message_id(message, uuid4().hex)
+        message.metadata.created_at = time.time()
+        instruction = flower_compat.wire_copy(message)
+        context = self.contexts[message.metadata.dst_node_id]
+        try:
+            reply = self.client_app(instruction, context)
+        except Exception as exc:
+            log.debug("client %s raised:\n%s", context.node_id, traceback.format_exc())
+            error = flower_compat.client_app_error(f"{type(exc).__name__}: {exc}")
+            reply = Message(error, reply_to=instruction)
+        flower_compat.set_message_id(reply, uuid4().hex)
+        reply = flower_compat.wire_copy(reply)
+        self._replies[message.metadata.message_id] = reply
+        return message.metadata.message_id
+
+    def _training_progress(self, messages: list[Message]) -> AbstractContextManager:
+        """One bar over a round's training (sampled clients × local steps); the clients run
+        here, in turn, and advance it."""
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        if not train or not isinstance(self._local_steps, int):
+            return nullcontext()
+        config = train[0].content.get("config")
+        server_round = config.get("server-round") if config is not None else None
+        label = f"round {server_round}/{self._num_rounds}" if server_round else "training"
+        return round_progress(label, total=len(train) * self._local_steps)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]

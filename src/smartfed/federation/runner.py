@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from typing import Any
@@ -13,7 +12,8 @@ from smartfed.engine.config import RunConfig
 from smartfed.errors import ConfigError
 from smartfed.federation.inprocess import InProcessGrid
 from smartfed.federation.server_app import run_server
-from smartfed.federation.settings import simulation_environment, to_run_config
+from smartfed.federation.settings import to_run_config
+from smartfed.federation.simulation import run_simulation_engine
 
 
 def quiet_flower() -> None:
@@ -30,10 +30,8 @@ def quiet_flower() -> None:
     flower.propagate = False
 
 
-def run_federated(
-    config: RunConfig, *, client_app: ClientApp | None = None
-) -> dict[str, Any] | None:
-    """Run ``config`` to completion; returns the summary (in-process engine)."""
+def run_federated(config: RunConfig, *, client_app: ClientApp | None = None) -> dict[str, Any]:
+    """Run ``config`` to completion on its engine; return the run's summary."""
     quiet_flower()
     if config.engine == "inprocess":
         from smartfed.federation.client_app import app as default_client_app
@@ -43,21 +41,5 @@ def run_federated(
         )
         return run_server(grid, config)
     if config.engine == "simulation":
-        if importlib.util.find_spec("ray") is None:
-            raise ConfigError(
-                "--engine simulation needs Ray: pip install 'flwr[simulation]' (or use the "
-                "default --engine inprocess, which needs no Ray)"
-            )
-        from flwr.simulation import run_simulation
-
-        from smartfed.federation.client_app import app as default_client_app
-        from smartfed.federation.server_app import app as server_app
-
-        os.environ.update(simulation_environment(config))
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app or default_client_app,
-            num_supernodes=config.num_clients,
-        )
-        return None
+        return run_simulation_engine(config, client_app=client_app)
     raise ConfigError(f"unknown engine {config.engine!r}")

@@ -26,6 +26,8 @@ from smartfed.methods.registry import get_method, method_names
 # Flower's run_simulation takes no run config (flwr 1.42 builds an empty one), so the simulation
 # engine passes the same typed keys through this variable (Ray workers inherit it).
 CONFIG_ENV = "SMARTFED_RUN_CONFIG"
+#: The node config key naming a node's data partition (Flower's own name for it).
+PARTITION_ID = "partition-id"
 _NODE_OVERRIDES = {
     "model-path": "model_name_or_path",
     "data-dir": "data_dir",

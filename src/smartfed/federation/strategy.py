@@ -2,7 +2,12 @@
 
 On top of FedAvg it
 - samples ``sample_clients`` nodes per round from a seeded RNG (so a resumed run samples the
-  same clients an uninterrupted one would);
+  same clients an uninterrupted one would), drawing from the nodes in the order of their
+  partitions: before the first round it asks each node its ``partition-id`` (a Flower query
+  message, not counted in the bytes), since Flower's simulation and SuperLink give nodes
+  random ids, so every engine samples the same partitions with the same seed;
+- aggregates the replies in partition order too, so that floating-point sums do not depend on
+  the order in which replies arrive;
 - sends the method's round config with the global state (SmartFed: the quota table);
 - drops clients that failed or returned non-finite values, with the reason logged, and fails the
   round with a clear message when fewer than ``min_replies`` usable replies remain;
@@ -36,6 +41,7 @@ from smartfed.engine.method import ServerLogic
 from smartfed.engine.recorder import RoundReport
 from smartfed.engine.training import is_finite_update
 from smartfed.errors import SmartFedError
+from smartfed.federation.settings import PARTITION_ID
 from smartfed.federation.wire import as_float32, recast
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,9 @@ class SmartFedStrategy(FedAvg):
         self.on_round_end = on_round_end
         self.wire_dtype = wire_dtype
         self._report: RoundReport | None = None  # the round in progress
+        # Node ids in partition order, for the node ids they were asked for.
+        self._asked: list[int] = []
+        self._ordered: list[int] = []
 
     def run(
         self, grid: Grid, global_state: dict[str, torch.Tensor], num_rounds: int
@@ -127,13 +136,37 @@ class SmartFedStrategy(FedAvg):
                 )
             time.sleep(1.0)
 
+    def _in_partition_order(self, grid: Grid, node_ids: list[int]) -> list[int]:
+        """``node_ids`` ordered by the ``partition-id`` each node reports; as given (sorted
+        ids) when a node does not answer or two report the same partition."""
+        if node_ids != self._asked:
+            query = RecordDict({"config": ConfigRecord({"ask": PARTITION_ID})})
+            messages = [
+                Message(content=query, message_type=MessageType.QUERY, dst_node_id=node)
+                for node in node_ids
+            ]
+            partitions: dict[int, int] = {}
+            for reply in grid.send_and_receive(messages, timeout=self.node_wait_s):
+                metrics = None if reply.has_error() else reply.content.get("metrics")
+                if metrics is not None and PARTITION_ID in metrics:
+                    partitions[reply.metadata.src_node_id] = int(metrics[PARTITION_ID])
+            unique = len(set(partitions.values())) == len(partitions)
+            if set(partitions) == set(node_ids) and unique:
+                self._ordered = sorted(node_ids, key=partitions.__getitem__)
+            else:
+                log.info("nodes did not all report distinct partition ids: sampling by node id")
+                self._ordered = list(node_ids)
+            self._asked = list(node_ids)
+        return self._ordered
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         absolute = self.absolute_round(server_round)
-        node_ids = self._wait_for_nodes(grid)
+        node_ids = self._in_partition_order(grid, self._wait_for_nodes(grid))
         rng = np.random.default_rng([self.seed, absolute])
-        chosen = sorted(int(n) for n in rng.choice(node_ids, self.sample_clients, replace=False))
+        drawn = rng.choice(len(node_ids), self.sample_clients, replace=False)
+        chosen = [node_ids[i] for i in sorted(int(d) for d in drawn)]
         extra = self.server_logic.round_config()
         config = ConfigRecord({**dict(config), **extra, "server-round": absolute})
         arrays = recast(arrays, self.wire_dtype)
@@ -170,6 +203,8 @@ class SmartFedStrategy(FedAvg):
             report.dropped[node] = "no reply"
         for node, reason in sorted(report.dropped.items()):
             log.warning("round %d: dropped client %d: %s", absolute, node, reason)
+        rank = {node: i for i, node in enumerate(self._ordered)}
+        usable.sort(key=lambda reply: rank.get(reply.metadata.src_node_id, len(rank)))
         if len(usable) < self.min_replies:
             raise RoundFailed(
                 f"round {absolute}: {len(usable)} usable client replies of "

@@ -19,6 +19,7 @@ from smartfed.engine.method import FederatedMethod
 from smartfed.engine.settings import MethodSettings, setting
 from smartfed.errors import ConfigError
 from smartfed.methods.registry import register_method
+from smartfed.models import model_autocast, model_device, to_device
 from smartfed.pool import LoraPool
 from smartfed.tuners.mole import MoleConfig, MoleModel
 from smartfed.tuners.routing import get_router
@@ -76,9 +77,12 @@ class Mole(FederatedMethod):
         self.model.eval()
         self.model.module_usage(reset=True)
         self.model.track_usage(True)
+        device = model_device(self.model)
         try:
             for batch in batches:
-                self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                batch = to_device(batch, device)
+                with model_autocast(self.model):
+                    self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         finally:
             self.model.track_usage(False)
         usage = self.model.module_usage(reset=True)

@@ -25,8 +25,9 @@ from smartfed.engine.settings import MethodSettings, setting
 from smartfed.errors import ConfigError
 from smartfed.importance.scores import IMPORTANCE_SCORES
 from smartfed.methods.registry import register_method
+from smartfed.models import model_autocast, model_device, to_device
 from smartfed.pool import LoraPool
-from smartfed.tuners.more import OUTPUT_SCALES, MoreConfig, MoreModel
+from smartfed.tuners.more import EXPERT_PATHS, OUTPUT_SCALES, MoreConfig, MoreModel
 from smartfed.tuners.routing import get_router, router_rank_for
 
 if TYPE_CHECKING:
@@ -88,6 +89,11 @@ class SmartFedSettings(MethodSettings):
     residual_rank: int = setting(
         0, "rank of a fresh LoRA trained alongside the routers (0: none; alpha = 2 x rank)",
         minimum=0, maximum=256,
+    )  # fmt: skip
+    expert_path: str = setting(
+        "dense", "how the selected experts are summed: dense (all M, masked) or sparse (only "
+        "the K selected columns of B); same result, cost measured by benchmarks/step_cost.py",
+        choices=EXPERT_PATHS,
     )  # fmt: skip
 
     def check(self) -> None:
@@ -256,6 +262,7 @@ class SmartFed(FederatedMethod):
                 router=settings.router,
                 router_rank=settings.router_rank,
                 residual_rank=settings.residual_rank,
+                expert_path=settings.expert_path,
             ),
         )
 
@@ -278,6 +285,9 @@ class SmartFed(FederatedMethod):
         stats = self.model.read_importance(reset=True)
         return {"importance": [float(v) for v in stats.matrix]}
 
+    def reply_metric_sizes(self) -> dict[str, int]:
+        return {"importance": len(self.model.matrix_names)}
+
     def save_final(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
 
@@ -297,9 +307,12 @@ class SmartFed(FederatedMethod):
         more.eval()
         more.read_importance(reset=True)
         more.track_importance(True)
+        device = model_device(more)
         try:
             for batch in batches:
-                more(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                batch = to_device(batch, device)
+                with model_autocast(more):
+                    more(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         finally:
             more.track_importance(False)
         stats = more.read_importance(reset=True)

@@ -23,6 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -33,6 +34,7 @@ from transformers import (
 )
 
 from smartfed.errors import ModelLoadError
+from smartfed.models.device import check_load_in_4bit, resolve_device, torch_dtype
 from smartfed.utils.io import write_dir_atomic
 
 log = logging.getLogger(__name__)
@@ -139,12 +141,21 @@ def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
         model.is_quantized = False
 
 
-def _load_gguf(source: ModelSource, dtype: torch.dtype, use_cache: bool) -> LoadedModel:
+def _load_gguf(
+    source: ModelSource, dtype: torch.dtype, use_cache: bool, options: dict[str, Any]
+) -> LoadedModel:
+    """``options``: extra ``from_pretrained`` arguments (4-bit quantization), which apply to the
+    de-quantized cache: a 4-bit model is quantized from that float copy."""
     cache_dir = _gguf_cache_dir(source, dtype)
     if use_cache and (cache_dir / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype, **options)
         tokenizer = AutoTokenizer.from_pretrained(cache_dir)
         return LoadedModel(model, tokenizer, source)
+    if options and not use_cache:
+        raise ModelLoadError(
+            f"{source.location}: a GGUF model is quantized to 4 bits from its de-quantized "
+            "cache, which use_cache=False turns off"
+        )
 
     folder, name = str(Path(source.location).parent), Path(source.location).name
     try:
@@ -165,23 +176,58 @@ def _load_gguf(source: ModelSource, dtype: torch.dtype, use_cache: bool) -> Load
             write_dir_atomic(cache_dir, fill)
             log.info("cached de-quantized weights in %s", cache_dir)
         except OSError as exc:  # a read-only home must not stop a run
+            if options:
+                raise ModelLoadError(
+                    f"a 4-bit GGUF model is quantized from its de-quantized cache, which could "
+                    f"not be written to {cache_dir}: {exc}"
+                ) from None
             log.warning("could not cache de-quantized model in %s: %s", cache_dir, exc)
+    if options:
+        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype, **options)
     return LoadedModel(model, tokenizer, source)
 
 
 def load_base_model(
     name_or_path: str = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str | None = None,
+    load_in_4bit: bool = False,
+    gradient_checkpointing: bool = False,
     use_cache: bool = True,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer (with its chat template), frozen and in eval mode."""
+    """Load a causal LM and its tokenizer (with its chat template), frozen and in eval mode.
+
+    ``dtype``: precision of the weights (a torch dtype or a ``--dtype`` name). ``device``: where
+    they go (a torch device or a ``--device`` spec); None keeps them on the CPU, for callers that
+    build on the CPU and move the finished model (seeded initialisations then draw from the CPU
+    generator whatever the device). ``load_in_4bit``: bitsandbytes NF4 weights computing in
+    ``dtype``, loaded straight onto ``device`` (CUDA only: auto when None). With
+    ``gradient_checkpointing`` the model recomputes activations in the backward pass
+    (non-reentrant, with input gradients on, so adapters on a frozen base still get theirs).
+    """
+    if isinstance(dtype, str):
+        dtype = torch_dtype(dtype)
+    if isinstance(device, str):
+        device = resolve_device(device)
+    options: dict[str, Any] = {}
+    if load_in_4bit:
+        device = device if device is not None else resolve_device("auto")
+        check_load_in_4bit(device)
+        from transformers import BitsAndBytesConfig
+
+        options = {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+            ),
+            "device_map": {"": device.index if device.index is not None else 0},
+        }
     source = resolve_model_source(name_or_path)
     if source.kind == "gguf":
-        loaded = _load_gguf(source, dtype, use_cache)
+        loaded = _load_gguf(source, dtype, use_cache, options)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **options)
             tokenizer = AutoTokenizer.from_pretrained(source.location)
         except OSError as exc:
             hint = (
@@ -200,5 +246,29 @@ def load_base_model(
     if loaded.tokenizer.pad_token is None:
         loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
     loaded.model.requires_grad_(False)
+    if device is not None and not load_in_4bit:
+        loaded.model.to(device)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(loaded.model)
     loaded.model.eval()
     return loaded
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in the backward pass (transformers' own switch, non-reentrant).
+
+    Input gradients are turned on so that a backward pass starts below the first checkpointed
+    layer even though every base weight is frozen: adapters inside still get their gradients.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ModelLoadError(
+            f"--gradient_checkpointing: {type(model).__name__} does not support gradient "
+            "checkpointing"
+        )
+    options = {"use_reentrant": False}
+    # transformers >= 5.2x renamed the switch (the old name warns); older 5.x has only the old.
+    if callable(getattr(model, "activation_checkpointing_enable", None)):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    model.enable_input_require_grads()

@@ -48,12 +48,14 @@ class BuildRecipe:
     seed: int = 0
     data_dir: str | None = None
     save_dtype: str = "float32"  # storage dtype of the written adapter weights
+    dtype: str = "float32"  # precision of the frozen base model while training (LoRA: float32)
 
     def __post_init__(self) -> None:
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ConfigError(
-                f"--save_dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}"
-            )
+        for name in ("save_dtype", "dtype"):
+            if getattr(self, name) not in SAVE_DTYPES:
+                raise ConfigError(
+                    f"--{name} must be one of {', '.join(SAVE_DTYPES)}, got {getattr(self, name)!r}"
+                )
         for name in ("rank", "steps", "batch_size", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -85,6 +87,8 @@ def _recipe_identity(recipe: BuildRecipe, model_fingerprint: str) -> dict[str, A
     """What must match for a checkpoint to be resumed (the data folder may move)."""
     identity = asdict(recipe)
     identity.pop("data_dir")
+    if recipe.dtype == "float32":  # builds from before --dtype existed match it
+        identity.pop("dtype")
     identity["targets"] = list(recipe.targets)
     identity["base_model_fingerprint"] = model_fingerprint
     return identity
@@ -127,7 +131,9 @@ class BuildCheckpoint:
                 f"{', '.join(changed)}); delete it to start over, or rerun the same recipe"
             )
         set_peft_model_state_dict(model, load_file(self.folder / "adapter.safetensors"))
-        optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", weights_only=True))
+        # Saved on the device the build ran on; load_state_dict moves the state to the params'.
+        state = torch.load(self.folder / "optimizer.pt", weights_only=True, map_location="cpu")
+        optimizer.load_state_dict(state)
         return step, losses
 
     def save(self, identity: dict[str, Any], model, optimizer, step: int, losses: list) -> None:
@@ -136,7 +142,7 @@ class BuildCheckpoint:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = {
-            k: v.detach().contiguous()
+            k: v.detach().cpu().contiguous()
             for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
         }
         # Weights first, progress last: progress.json names a step only once its state is on disk.
@@ -160,7 +166,7 @@ def save_adapter(model, folder: Path, dtype: torch.dtype) -> None:
     model.peft_config["default"].save_pretrained(folder)
     state = get_peft_model_state_dict(model, save_embedding_layers=False)
     save_file(
-        {k: v.detach().to(dtype).contiguous() for k, v in state.items()},
+        {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()},
         folder / "adapter_model.safetensors",
         metadata={"format": "pt"},
     )
@@ -177,8 +183,12 @@ def build_pool_module(
     progress: bool = True,
     checkpoint_every: int = 25,
     stop_after: int | None = None,
+    device: str = "auto",
 ) -> PoolEntry | None:
     """Train the LoRA, write the adapter folder atomically and add it to ``manifest``.
+
+    ``device``: a ``--device`` spec; the base model takes ``recipe.dtype`` and the LoRA stays
+    float32. A build may resume on another device, not in another dtype (the recipe differs).
 
     Resumes from ``<output>.build/`` when a checkpoint of the same recipe is there.
     ``stop_after`` ends the process's work after that many total steps, leaving the checkpoint
@@ -187,7 +197,7 @@ def build_pool_module(
     from peft import LoraConfig, get_peft_model
 
     from smartfed.data import BatchStream, encode_example, load_examples
-    from smartfed.models import load_base_model
+    from smartfed.models import autocast, load_base_model, resolve_device, to_device, torch_dtype
 
     if checkpoint_every < 1:
         raise ConfigError(f"--checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -197,8 +207,9 @@ def build_pool_module(
         load_examples(recipe.dataset, recipe.split, data_dir=recipe.data_dir), recipe
     )
 
+    target = resolve_device(device)
     torch.manual_seed(recipe.seed)
-    loaded = load_base_model(model_name_or_path)
+    loaded = load_base_model(model_name_or_path, dtype=recipe.dtype)
     encoded = [encode_example(loaded.tokenizer, ex, recipe.max_seq_len) for ex in examples]
     encoded = [e for e in encoded if e is not None]
     if not encoded:
@@ -210,7 +221,9 @@ def build_pool_module(
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(loaded.model, lora)
+    # Built on the CPU (the LoRA's init does not depend on the device), then moved; PEFT keeps
+    # the LoRA in float32 on a half-precision base.
+    model = get_peft_model(loaded.model, lora).to(target)
     model.train()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate
@@ -233,8 +246,11 @@ def build_pool_module(
         desc=f"building {name}" + (f" (resumed at step {start})" if start else ""),
         disable=not progress,
     )
+    precision = torch_dtype(recipe.dtype)
     for step in bar:
-        loss = model(**stream.next_batch()).loss
+        batch = to_device(stream.next_batch(), target)
+        with autocast(target, precision):
+            loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -273,6 +289,7 @@ def build_pool_module(
         "max_seq_len": recipe.max_seq_len,
         "seed": recipe.seed,
         "save_dtype": recipe.save_dtype,
+        "dtype": recipe.dtype,
         "initial_loss": float(np.mean(losses[:window])),
         "final_loss": float(np.mean(losses[-window:])),
         "base_model_fingerprint": loaded.source.fingerprint,

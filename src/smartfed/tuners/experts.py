@@ -66,6 +66,15 @@ def group_experts_by_module(pool: LoraPool, matrix_name: str) -> ModuleGroups:
     )
 
 
+def compute_dtype(base_layer: nn.Module) -> torch.dtype:
+    """The dtype a base linear layer computes in: its weights', or for a quantized layer
+    (bitsandbytes 4-bit stores packed integers) the float dtype it de-quantizes to."""
+    dtype = base_layer.weight.dtype
+    if dtype.is_floating_point:
+        return dtype
+    return getattr(base_layer, "compute_dtype", None) or torch.float32
+
+
 class ExpertLinear(nn.Module):
     """A frozen linear layer plus the frozen stacked rank-1 experts of its matrix.
 
@@ -83,7 +92,7 @@ class ExpertLinear(nn.Module):
         self.in_features = in_features
         self.out_features = base_layer.out_features
         self.num_experts = num_experts
-        dtype, device = base_layer.weight.dtype, base_layer.weight.device
+        dtype, device = compute_dtype(base_layer), base_layer.weight.device
         self.register_buffer("expert_A", expert_A.to(device, dtype), persistent=False)
         self.register_buffer("expert_B", expert_B.to(device, dtype), persistent=False)
         self.token_mask: torch.Tensor | None = None

@@ -59,13 +59,29 @@ def top_k_gates(probs: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(probs).scatter(-1, top_idx, top_vals)
 
 
-def route(router: nn.Module, x: torch.Tensor, z: torch.Tensor | None, k: int) -> torch.Tensor:
-    """(N, M) float32 gates: softmax over the router's logits (float32), then top-k renormalised."""
+def top_k_gates_with_indices(
+    probs: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`top_k_gates` and the (N, k) indices of the kept choices (None when k >= M: every
+    choice is kept). The sparse expert path gathers exactly these experts."""
+    if k >= probs.shape[-1]:
+        return probs, None
+    top_vals, top_idx = probs.topk(k, dim=-1)
+    top_vals = top_vals / top_vals.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(probs).scatter(-1, top_idx, top_vals), top_idx
+
+
+def router_probs(router: nn.Module, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+    """(N, M) float32 softmax over the router's logits (inputs cast to float32)."""
     x = x.to(torch.float32)
     if z is not None:
         z = z.to(torch.float32)
-    probs = torch.softmax(router(x, z).to(torch.float32), dim=-1)
-    return top_k_gates(probs, k)
+    return torch.softmax(router(x, z).to(torch.float32), dim=-1)
+
+
+def route(router: nn.Module, x: torch.Tensor, z: torch.Tensor | None, k: int) -> torch.Tensor:
+    """(N, M) float32 gates: softmax over the router's logits (float32), then top-k renormalised."""
+    return top_k_gates(router_probs(router, x, z), k)
 
 
 # ---------------------------------------------------------------------- output scale
@@ -265,7 +281,7 @@ class RoutedLinear(ExpertLinear):
         if route_on_experts:
             self.register_buffer(
                 "expert_B_norm",
-                expert_B.norm(dim=0).to(device, base_layer.weight.dtype),
+                expert_B.norm(dim=0).to(device, self.expert_A.dtype),
                 persistent=False,
             )
         design = get_router(router)
@@ -314,3 +330,12 @@ class RoutedLinear(ExpertLinear):
         if self.route_on_experts:
             z = self.project(flat_x) if projections is None else projections
         return route(self.router, flat_x, z, self._k)
+
+    def gates_with_indices(
+        self, flat_x: torch.Tensor, projections: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`gates` and the (N, k) indices of each token's kept choices (None: all kept)."""
+        z = None
+        if self.route_on_experts:
+            z = self.project(flat_x) if projections is None else projections
+        return top_k_gates_with_indices(router_probs(self.router, flat_x, z), self._k)

@@ -14,6 +14,7 @@ from smartfed.data.sets import (
     math23k,
     mbpp,
     mgsm,
+    paper_pool,
     zh_code,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "math23k",
     "mbpp",
     "mgsm",
+    "paper_pool",
     "zh_code",
 ]

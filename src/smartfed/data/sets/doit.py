@@ -1,9 +1,11 @@
 """DoIT (ChiyuSONG/dynamics-of-instruction-tuning): Chinese instructions in ten ability categories.
 
 **Not included offline.** DoIT is only on the Hugging Face hub (the GitHub repository's ``data/``
-is empty), so ``load_examples("doit", ...)`` fails with a one-line error unless a local copy is
-given. To use it, clone the dataset repository as ``doit/`` inside a data dir and point
-``--data_dir`` (or ``$SMARTFED_DATA_DIR``) at that data dir::
+is empty). ``load_examples("doit", ...)`` reads a local copy when one is given, else the hub copy
+through ``datasets.load_dataset`` (the three files below, from the Hugging Face cache or
+downloaded when online), else fails with a one-line error. A local copy is the dataset repository
+cloned as ``doit/`` inside a data dir, with ``--data_dir`` (or ``$SMARTFED_DATA_DIR``) pointing at
+that data dir::
 
     git clone https://huggingface.co/datasets/ChiyuSONG/dynamics-of-instruction-tuning DIR/doit
 
@@ -48,11 +50,12 @@ absent), ``choices`` (list of ``str``; only for question_format 1), ``source`` (
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from smartfed.data.examples import Example
+from smartfed.data.hub import HubSource
 from smartfed.data.registry import DATA_DIR_ENV, iter_jsonl, register_dataset, require_field
 from smartfed.errors import ConfigError
 
@@ -63,8 +66,9 @@ SPLITS = {
     "test": "doit/curated/test/code_test.json",
 }
 MISSING_HINT = (
-    f"DoIT is not included offline (it is only on the Hugging Face hub, {HUB_ID}); to use a "
-    f"local copy, run 'git clone https://huggingface.co/datasets/{HUB_ID} DIR/doit' and pass "
+    f"DoIT is not included offline (it is only on the Hugging Face hub, {HUB_ID}); to use it, "
+    "go online once (the hub copy is then cached), or for a local copy run "
+    f"'git clone https://huggingface.co/datasets/{HUB_ID} DIR/doit' and pass "
     f"--data_dir DIR or set ${DATA_DIR_ENV}=DIR (DIR/doit/curated/{{full,valid,test}}/"
     "code_{full,valid,test}.json are read)"
 )
@@ -108,11 +112,13 @@ def doit_example(record: Mapping[str, Any], where: str, *, default_type: str) ->
     if len(turns) < 2 or turns[-1][0] != "assistant" or turns[-2][0] != "user":
         raise ConfigError(f"{where}: messages must end with a user turn and an assistant turn")
     history = "".join(f"{ROLE_LABELS[role]}：{content}\n" for role, content in turns[:-2])
-    question_format = record.get("question_format", 0)
+    # A hub row has every column of its file, None where a record lacks it.
+    question_format = record.get("question_format")
+    question_format = 0 if question_format is None else question_format
     if question_format not in (0, 1):
         raise ConfigError(f"{where}: field 'question_format' must be 0 or 1")
     meta: dict[str, Any] = {
-        "type": str(record.get("type", default_type)),
+        "type": str(record.get("type") or default_type),
         "idx": record.get("idx"),
         "question_format": question_format,
         "source": "doit",
@@ -125,21 +131,38 @@ def doit_example(record: Mapping[str, Any], where: str, *, default_type: str) ->
     return Example(prompt=history + turns[-2][1], response=turns[-1][1], meta=meta)
 
 
-def read_doit_file(path: Path) -> Iterator[Example]:
-    """Examples of one DoIT file (``<ability>_<folder>.json``)."""
-    default_type = path.stem.rsplit("_", 1)[0]
-    for position, (where, record) in enumerate(_iter_doit_records(path)):
+def read_doit_records(
+    records: Iterable[tuple[str, Mapping[str, Any]]], default_type: str
+) -> Iterator[Example]:
+    """Examples of DoIT ``(location, record)`` pairs; ``idx`` defaults to the position."""
+    for position, (where, record) in enumerate(records):
         example = doit_example(record, where, default_type=default_type)
         if example.meta["idx"] is None:
             example.meta["idx"] = position
         yield example
 
 
+def read_doit_file(path: Path) -> Iterator[Example]:
+    """Examples of one DoIT file (``<ability>_<folder>.json``)."""
+    return read_doit_records(_iter_doit_records(path), path.stem.rsplit("_", 1)[0])
+
+
+def read_doit_hub_rows(
+    records: Iterable[tuple[str, Mapping[str, Any]]], split: str
+) -> Iterator[Example]:
+    return read_doit_records(records, "code")
+
+
 @register_dataset(
     "doit",
     splits=SPLITS,
     description="DoIT code-generation ability (Chinese LeetCode); hub only, not shipped offline",
-    hub_id=HUB_ID,
+    # The same three files of the hub repository (each one JSON Lines file: one split).
+    hub=HubSource(
+        HUB_ID,
+        read=read_doit_hub_rows,
+        files={split: path.removeprefix("doit/") for split, path in SPLITS.items()},
+    ),
     meta_fields=("type", "idx", "question_format", "choices", "source"),
     missing_hint=MISSING_HINT,
 )

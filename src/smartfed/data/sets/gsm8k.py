@@ -19,11 +19,13 @@ rewritten as ``The answer is N.``, with thousands separators dropped from N (``#
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from smartfed.data.examples import Example
-from smartfed.data.registry import iter_jsonl, register_dataset, require_field
+from smartfed.data.hub import HubSource
+from smartfed.data.registry import jsonl_records, register_dataset, require_field
 from smartfed.errors import ConfigError
 
 CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
@@ -66,19 +68,34 @@ def gsm8k_example(question: str, answer: str, *, source: str = "gsm8k") -> Examp
     return Example(prompt=question, response=response, meta=meta)
 
 
-@register_dataset(
-    "gsm8k",
-    splits={"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
-    description="GSM8K grade-school maths, chain-of-thought answers (openai/grade-school-math)",
-    label_field="answer_bucket",
-    hub_id="openai/gsm8k",
-    meta_fields=("answer", "answer_bucket", "source"),
-)
-def read_gsm8k(path: Path, split: str) -> Iterator[Example]:
-    for line_no, record in iter_jsonl(path):
-        question = require_field(record, "question", path, line_no, kind=str)
-        answer = require_field(record, "answer", path, line_no, kind=str)
+SPLIT_FILES = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
+SPLIT_SIZES = {"train": 7473, "test": 1319}
+HUB_ID = "openai/gsm8k"  # config "main": main/{train,test}-*.parquet, columns question, answer
+
+
+def read_gsm8k_records(
+    records: Iterable[tuple[str, Mapping[str, Any]]], split: str
+) -> Iterator[Example]:
+    """Examples of GSM8K ``(location, record)`` pairs (file lines or hub rows)."""
+    for where, record in records:
+        question = require_field(record, "question", where, None, kind=str)
+        answer = require_field(record, "answer", where, None, kind=str)
         try:
             yield gsm8k_example(question, answer)
         except ValueError as exc:
-            raise ConfigError(f"{path}:{line_no}: field 'answer': {exc}") from None
+            raise ConfigError(f"{where}: field 'answer': {exc}") from None
+
+
+@register_dataset(
+    "gsm8k",
+    splits=SPLIT_FILES,
+    description="GSM8K grade-school maths, chain-of-thought answers (openai/grade-school-math)",
+    label_field="answer_bucket",
+    hub=HubSource(
+        HUB_ID, read=read_gsm8k_records, config="main", splits={"train": "train", "test": "test"}
+    ),
+    meta_fields=("answer", "answer_bucket", "source"),
+    split_sizes=SPLIT_SIZES,
+)
+def read_gsm8k(path: Path, split: str) -> Iterator[Example]:
+    return read_gsm8k_records(jsonl_records(path), split)

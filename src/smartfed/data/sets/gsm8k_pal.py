@@ -46,6 +46,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from smartfed.data.arith import (
     ArithmeticEvalError,
@@ -57,8 +58,11 @@ from smartfed.data.arith import (
     parse_expression,
 )
 from smartfed.data.examples import Example
-from smartfed.data.registry import iter_jsonl, register_dataset, require_field
+from smartfed.data.hub import HubSource
+from smartfed.data.registry import jsonl_records, register_dataset, require_field
 from smartfed.data.sets.gsm8k import FINAL_LINE, parse_number
+from smartfed.data.sets.gsm8k import HUB_ID as GSM8K_HUB_ID
+from smartfed.data.sets.gsm8k import SPLIT_FILES as GSM8K_SPLIT_FILES
 from smartfed.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -278,22 +282,36 @@ def convert_gsm8k_to_pal(records: Iterable[Mapping[str, str]]) -> PalConversion:
     return conversion
 
 
-@register_dataset(
-    "gsm8k_pal",
-    splits={"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
-    description="GSM8K as PAL programs built from its calculator notes (checked by running them)",
-    meta_fields=("answer", "source"),
-)
-def read_gsm8k_pal(path: Path, split: str) -> Iterator[Example]:
-    records: list[dict[str, str]] = []
-    for line_no, record in iter_jsonl(path):
-        question = require_field(record, "question", path, line_no, kind=str)
-        answer = require_field(record, "answer", path, line_no, kind=str)
+def read_gsm8k_pal_records(
+    records: Iterable[tuple[str, Mapping[str, Any]]], split: str
+) -> Iterator[Example]:
+    """PAL examples of GSM8K ``(location, record)`` pairs (file lines or hub rows)."""
+    kept: list[dict[str, str]] = []
+    for where, record in records:
+        question = require_field(record, "question", where, None, kind=str)
+        answer = require_field(record, "answer", where, None, kind=str)
         try:
             gsm8k_gold_answer(answer)
         except ValueError as exc:
-            raise ConfigError(f"{path}:{line_no}: field 'answer': {exc}") from None
-        records.append({"question": question, "answer": answer})
-    conversion = convert_gsm8k_to_pal(records)
-    logger.info("gsm8k_pal %s (%s): %s", split, path, conversion.summary())
+            raise ConfigError(f"{where}: field 'answer': {exc}") from None
+        kept.append({"question": question, "answer": answer})
+    conversion = convert_gsm8k_to_pal(kept)
+    logger.info("gsm8k_pal %s: %s", split, conversion.summary())
     yield from conversion.examples
+
+
+@register_dataset(
+    "gsm8k_pal",
+    splits=GSM8K_SPLIT_FILES,
+    description="GSM8K as PAL programs built from its calculator notes (checked by running them)",
+    hub=HubSource(
+        GSM8K_HUB_ID,
+        read=read_gsm8k_pal_records,
+        config="main",
+        splits={"train": "train", "test": "test"},
+    ),
+    meta_fields=("answer", "source"),
+    split_sizes={"train": 6999, "test": 1208},  # of 7,473 / 1,319 GSM8K records (see above)
+)
+def read_gsm8k_pal(path: Path, split: str) -> Iterator[Example]:
+    return read_gsm8k_pal_records(jsonl_records(path), split)

@@ -15,30 +15,44 @@ a training-style target for PAL; evaluators usually prompt with
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from smartfed.data.examples import Example
-from smartfed.data.registry import iter_jsonl, register_dataset, require_field
+from smartfed.data.hub import HubSource
+from smartfed.data.registry import jsonl_records, register_dataset, require_field
 from smartfed.errors import ConfigError
 
+# The hub repository holds the same file at its root (one split, "train" to `datasets`).
+HUB_ID = "reasoning-machines/gsm-hard"
+HUB_FILE = "gsmhardv2.jsonl"
 
-@register_dataset(
-    "gsm_hard",
-    splits={"test": "gsm_hard/gsmhardv2.jsonl"},
-    description="GSM-Hard: GSM8K test with larger numbers, PAL programs (reasoning-machines/pal)",
-    hub_id="reasoning-machines/gsm-hard",
-    meta_fields=("answer", "source"),
-)
-def read_gsm_hard(path: Path, split: str) -> Iterator[Example]:
-    for line_no, record in iter_jsonl(path):
-        question = require_field(record, "input", path, line_no, kind=str)
-        code = require_field(record, "code", path, line_no, kind=str)
-        target = require_field(record, "target", path, line_no, kind=(int, float))
+
+def read_gsm_hard_records(
+    records: Iterable[tuple[str, Mapping[str, Any]]], split: str
+) -> Iterator[Example]:
+    """Examples of GSM-Hard ``(location, record)`` pairs (file lines or hub rows)."""
+    for where, record in records:
+        question = require_field(record, "input", where, None, kind=str)
+        code = require_field(record, "code", where, None, kind=str)
+        target = require_field(record, "target", where, None, kind=(int, float))
         if isinstance(target, bool) or not math.isfinite(target):
-            raise ConfigError(f"{path}:{line_no}: field 'target' must be a finite number")
+            raise ConfigError(f"{where}: field 'target' must be a finite number")
         yield Example(
             prompt=question.strip(),
             response=code.strip("\n"),
             meta={"answer": float(target), "source": "gsm_hard"},
         )
+
+
+@register_dataset(
+    "gsm_hard",
+    splits={"test": f"gsm_hard/{HUB_FILE}"},
+    description="GSM-Hard: GSM8K test with larger numbers, PAL programs (reasoning-machines/pal)",
+    hub=HubSource(HUB_ID, read=read_gsm_hard_records, files={"test": HUB_FILE}),
+    meta_fields=("answer", "source"),
+    split_sizes={"test": 1319},
+)
+def read_gsm_hard(path: Path, split: str) -> Iterator[Example]:
+    return read_gsm_hard_records(jsonl_records(path), split)

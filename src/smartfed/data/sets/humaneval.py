@@ -14,24 +14,25 @@ format the chat prompt differently but must complete this code), ``source`` (``"
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from smartfed.data.examples import Example
-from smartfed.data.registry import iter_jsonl, register_dataset, require_field
+from smartfed.data.hub import HubSource
+from smartfed.data.registry import jsonl_records, register_dataset, require_field
+
+# Config "openai_humaneval": openai_humaneval/test-*.parquet, the same five string columns.
+HUB_ID = "openai/openai_humaneval"
 
 
-@register_dataset(
-    "humaneval",
-    splits={"test": "humaneval/HumanEval.jsonl.gz"},
-    description="HumanEval Python function completion (openai/human-eval)",
-    hub_id="openai/openai_humaneval",
-    meta_fields=("task_id", "entry_point", "test", "code_prompt", "source"),
-)
-def read_humaneval(path: Path, split: str) -> Iterator[Example]:
-    for line_no, record in iter_jsonl(path):
+def read_humaneval_records(
+    records: Iterable[tuple[str, Mapping[str, Any]]], split: str
+) -> Iterator[Example]:
+    """Examples of HumanEval ``(location, record)`` pairs (file lines or hub rows)."""
+    for where, record in records:
         fields = {
-            name: require_field(record, name, path, line_no, kind=str)
+            name: require_field(record, name, where, None, kind=str)
             for name in ("task_id", "prompt", "entry_point", "canonical_solution", "test")
         }
         yield Example(
@@ -45,3 +46,17 @@ def read_humaneval(path: Path, split: str) -> Iterator[Example]:
                 "source": "humaneval",
             },
         )
+
+
+@register_dataset(
+    "humaneval",
+    splits={"test": "humaneval/HumanEval.jsonl.gz"},
+    description="HumanEval Python function completion (openai/human-eval)",
+    hub=HubSource(
+        HUB_ID, read=read_humaneval_records, config="openai_humaneval", splits={"test": "test"}
+    ),
+    meta_fields=("task_id", "entry_point", "test", "code_prompt", "source"),
+    split_sizes={"test": 164},
+)
+def read_humaneval(path: Path, split: str) -> Iterator[Example]:
+    return read_humaneval_records(jsonl_records(path), split)

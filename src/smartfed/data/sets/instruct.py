@@ -17,7 +17,7 @@ file order, counting skipped records too) is in ``test`` when ``i % HOLDOUT_EVER
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,12 @@ def in_split(index: int, split: str) -> bool:
 
 
 def read_json_records(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """``(location, record)`` pairs of a JSON list file or a JSONL file; errors name the file."""
-    if path.suffix == ".jsonl":
+    """``(location, record)`` pairs of a JSON list file or a JSONL file; errors name the file.
+
+    A ``.json`` file whose first non-blank character is ``{`` is read as JSON Lines: some
+    published ``.json`` files are (the ``datasets`` JSON builder reads both).
+    """
+    if path.suffix == ".jsonl" or _starts_with_object(path):
         for line_no, record in iter_jsonl(path):
             yield f"{path}:{line_no}", record
         return
@@ -52,6 +56,13 @@ def read_json_records(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
                 f"{path}: record {index} must be a JSON object, got {type(record).__name__}"
             )
         yield f"{path}: record {index}", record
+
+
+def _starts_with_object(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        return handle.read(256).lstrip().startswith(b"{")
 
 
 def alpaca_example(
@@ -71,7 +82,14 @@ def alpaca_example(
 
 def alpaca_examples(path: Path, split: str, *, source: str) -> Iterator[Example]:
     """Examples of one Alpaca-format file, restricted to ``split`` (see the module docstring)."""
-    for index, (where, record) in enumerate(read_json_records(path)):
+    return alpaca_record_examples(read_json_records(path), split, source=source)
+
+
+def alpaca_record_examples(
+    records: Iterable[tuple[str, Mapping[str, Any]]], split: str, *, source: str
+) -> Iterator[Example]:
+    """Examples of Alpaca-format ``(location, record)`` pairs, restricted to ``split``."""
+    for index, (where, record) in enumerate(records):
         if not in_split(index, split):
             continue
         example = alpaca_example(record, where, source=source, index=index)

@@ -109,6 +109,7 @@ def math23k_example(record: Mapping[str, Any], where: str) -> Example | None:
     splits={"train": "math23k/validset.json", "test": "math23k/testset.json"},
     description="Math23K Chinese maths word problems, equation + answer targets (MWPToolkit)",
     meta_fields=("answer", "id", "source"),
+    split_sizes={"train": 2316, "test": 2316},
 )
 def read_math23k(path: Path, split: str) -> Iterator[Example]:
     counts: Counter[str] = Counter()

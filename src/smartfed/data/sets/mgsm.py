@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from smartfed.data.examples import Example
-from smartfed.data.registry import register_dataset
+from smartfed.data.hub import HubSource
+from smartfed.data.registry import register_dataset, require_field
 from smartfed.errors import ConfigError
 
 LANGUAGES = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
+HUB_ID = "juletxara/mgsm"
 # An optional sign, digits with optional comma thousands separators, an optional decimal part.
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
@@ -49,8 +52,31 @@ def answer_line(answer: int | float, lang: str) -> str:
     return f"答案是 {answer}。" if lang == "zh" else f"The answer is {answer}."
 
 
-def read_mgsm_tsv(path: Path, lang: str) -> Iterator[Example]:
-    """Examples of one MGSM TSV file; errors name the file and line."""
+def read_mgsm_records(
+    records: Iterable[tuple[str, Mapping[str, Any]]], lang: str
+) -> Iterator[Example]:
+    """Examples of MGSM ``(location, record)`` pairs: ``question`` (a string) and ``answer`` (a
+    number, or its text as in the TSV files)."""
+    for where, record in records:
+        question = require_field(record, "question", where, None, kind=str)
+        raw_answer = require_field(record, "answer", where, None, kind=(str, int, float))
+        if not question.strip():
+            raise ConfigError(f"{where}: empty question")
+        try:
+            if isinstance(raw_answer, bool):
+                raise ValueError(raw_answer)
+            answer = raw_answer if isinstance(raw_answer, int | float) else parse_answer(raw_answer)
+        except ValueError:
+            raise ConfigError(f"{where}: answer {raw_answer!r} is not a number") from None
+        yield Example(
+            prompt=question.strip(),
+            response=answer_line(answer, lang),
+            meta={"answer": answer, "lang": lang, "source": "mgsm"},
+        )
+
+
+def mgsm_tsv_records(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(path:line, {"question", "answer"})`` of one MGSM TSV file; errors name file and line."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
@@ -65,31 +91,37 @@ def read_mgsm_tsv(path: Path, lang: str) -> Iterator[Example]:
                         f"{path}:{line_no}: expected 2 tab-separated columns (question, answer), "
                         f"got {len(row)}"
                     )
-                question, raw_answer = row
-                if not question.strip():
-                    raise ConfigError(f"{path}:{line_no}: empty question")
-                try:
-                    answer = parse_answer(raw_answer)
-                except ValueError:
-                    raise ConfigError(
-                        f"{path}:{line_no}: answer {raw_answer!r} is not a number"
-                    ) from None
-                yield Example(
-                    prompt=question.strip(),
-                    response=answer_line(answer, lang),
-                    meta={"answer": answer, "lang": lang, "source": "mgsm"},
-                )
+                yield f"{path}:{line_no}", {"question": row[0], "answer": row[1]}
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
 
 
+def read_mgsm_tsv(path: Path, lang: str) -> Iterator[Example]:
+    """Examples of one MGSM TSV file; errors name the file and line."""
+    return read_mgsm_records(mgsm_tsv_records(path), lang)
+
+
 def _register(lang: str) -> None:
+    def read_hub_rows(
+        records: Iterable[tuple[str, Mapping[str, Any]]], split: str
+    ) -> Iterator[Example]:
+        return read_mgsm_records(records, lang)
+
     @register_dataset(
         f"mgsm_{lang}",
         splits={"test": f"mgsm/mgsm_{lang}.tsv"},
         description=f"MGSM grade-school maths in {lang!r}, answer-only targets (url-nlp)",
-        hub_id="juletxara/mgsm",
+        # One config per language; its test split has "answer_number" (the hub's "answer" holds
+        # worked solutions, empty on test).
+        hub=HubSource(
+            HUB_ID,
+            read=read_hub_rows,
+            config=lang,
+            splits={"test": "test"},
+            columns={"question": "question", "answer_number": "answer"},
+        ),
         meta_fields=("answer", "lang", "source"),
+        split_sizes={"test": 250},
     )
     def read_mgsm(path: Path, split: str) -> Iterator[Example]:
         return read_mgsm_tsv(path, lang)

@@ -8,6 +8,7 @@ from typing import ClassVar
 from smartfed.errors import ConfigError
 from smartfed.importance.scores import IMPORTANCE_SCORES
 from smartfed.tuners.base import TunerConfig
+from smartfed.tuners.more.layer import EXPERT_PATHS
 from smartfed.tuners.routing import OUTPUT_SCALES, check_output_scale, get_router, router_rank_for
 
 
@@ -36,6 +37,9 @@ class MoreConfig(TunerConfig):
         (float32 A Kaiming-uniform from the run seed, B = 0, scaling alpha / r with alpha = 2r,
         i.e. 2), independent of the quotas and gates; 0 (default): none, and no parameter or
         random draw is made.
+    expert_path: how the selected experts are summed, "dense" (default: ((A x) ⊙ G) Bᵀ, the cost
+        of a rank-M LoRA whatever K) or "sparse" (only the K selected columns of B per token);
+        the same function, a different cost (see :mod:`smartfed.tuners.more.layer`).
     target_modules: restrict MoRE to these short module names (e.g. ["q_proj"]); None = every
         matrix some pool module adapts.
     """
@@ -52,6 +56,7 @@ class MoreConfig(TunerConfig):
     router: str = "linear"
     router_rank: int | None = None
     residual_rank: int = 0
+    expert_path: str = "dense"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,3 +75,7 @@ class MoreConfig(TunerConfig):
         rank = self.residual_rank
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise ConfigError(f"residual_rank must be an integer >= 0, got {rank!r}")
+        if self.expert_path not in EXPERT_PATHS:
+            raise ConfigError(
+                f"expert_path must be one of {', '.join(EXPERT_PATHS)}, got {self.expert_path!r}"
+            )

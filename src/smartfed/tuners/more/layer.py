@@ -5,9 +5,18 @@ Per token x (all experts of the matrix in one batched matmul, no Python loop ove
     p = softmax(router(x, A·x));  S = top-K(p);  ĝ_j = p_j / Σ_{k∈S} p_k
     h' = W0 x + c · Σ_{j∈S} ĝ_j E_j(x)
 
-The sparse sum is written densely as ``((x Aᵀ) ⊙ G) Bᵀ`` where G holds ĝ at the selected experts
-and zeros elsewhere. With M experts this costs the same as a rank-M LoRA; for the pool sizes we
-target (M ≤ a few hundred) a dense matmul beats gathering per-token expert columns on CPU and GPU.
+Two equivalent ways to sum the selected experts (``expert_path``):
+
+- ``"dense"`` (default): ``((x Aᵀ) ⊙ G) Bᵀ`` where G holds ĝ at the selected experts and zeros
+  elsewhere. With M experts this costs the same as a rank-M LoRA whatever K.
+- ``"sparse"``: per token, only the K selected columns of B are read and summed, weighted by
+  ĝ_j (A_j·x) (``F.embedding_bag`` over the rows of Bᵀ: no (N, K, d_out) tensor is made). The
+  projections A·x of all M experts are still computed, since the router designs on the experts
+  read them and the linear router's own W x costs as much; so K < M saves at most the B side.
+  Which path is faster depends on the machine, K and M: ``benchmarks/step_cost.py --suite
+  sparse`` measures it (results in ``benchmarks/results/README.md``). The gates a scorer sees
+  are the same; a gradient scorer's ∂L/∂ĝ is zero off the selected experts on this path (the
+  built-in scorers multiply it by ĝ = 0 there).
 
 Importance (``track_importance``) accumulates on the layer's device: forward scorers in the
 forward pass; gradient scorers (``needs_grad``, e.g. ``taylor``) through a hook on the gates that
@@ -34,6 +43,8 @@ from smartfed.tuners.routing import RoutedLinear
 
 #: The residual LoRA's alpha per unit of rank: alpha = 2r, so its scaling alpha / r is 2.
 RESIDUAL_ALPHA_PER_RANK = 2.0
+#: How the selected experts are summed (module docstring): same function, different cost.
+EXPERT_PATHS = ("dense", "sparse")
 
 
 class MoreLinear(RoutedLinear):
@@ -50,6 +61,7 @@ class MoreLinear(RoutedLinear):
         router: str = "linear",
         owners: tuple[tuple[str, int], ...] = (),
         router_rank: int | None = None,
+        expert_path: str = "dense",
     ):
         super().__init__(
             base_layer,
@@ -83,6 +95,35 @@ class MoreLinear(RoutedLinear):
             "importance_tokens", torch.zeros((), dtype=torch.long, device=device), persistent=False
         )
         self.residual_rank = 0  # add_residual_lora sets it; 0: no residual parameters exist
+        self.expert_path = "dense"
+        self.set_expert_path(expert_path)
+
+    # ----------------------------------------------------------------- expert path
+    def set_expert_path(self, path: str) -> None:
+        """Sum the selected experts densely or sparsely (module docstring); same function."""
+        if path not in EXPERT_PATHS:
+            raise ValueError(f"expert_path must be one of {', '.join(EXPERT_PATHS)}, got {path!r}")
+        if path == "sparse" and "expert_B_rows" not in self._buffers:
+            # Bᵀ as rows (M, d_out), contiguous (a transposed view is several times slower in
+            # embedding_bag) and float32 (CUDA's embedding_bag has no bfloat16 backward for the
+            # per-token weights). Frozen, never saved; M·d_out values, small beside the model.
+            rows = self.expert_B.T.float().contiguous()
+            self.register_buffer("expert_B_rows", rows, persistent=False)
+        elif path == "dense" and "expert_B_rows" in self._buffers:
+            del self._buffers["expert_B_rows"]
+        self.expert_path = path
+
+    def sparse_delta(
+        self, projections: torch.Tensor, gates: torch.Tensor, indices: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, d_out) Σ_{j∈S} ĝ_j (A_j·x) B_j, reading only the K selected columns of B.
+
+        ``gates`` are the dense (N, M) gates (zero off S), so the gradient reaches them (and a
+        gradient scorer's hook on them) exactly as on the dense path, at the selected experts."""
+        rows = self.expert_B_rows.float()  # no-op unless the model was cast after set-up
+        weights = projections.gather(1, indices).float() * gates.gather(1, indices).float()
+        delta = nn.functional.embedding_bag(indices, rows, per_sample_weights=weights, mode="sum")
+        return delta.to(projections.dtype)
 
     # ----------------------------------------------------------------- residual LoRA
     def add_residual_lora(self, rank: int) -> None:
@@ -121,8 +162,16 @@ class MoreLinear(RoutedLinear):
         base_out = self.base_layer(x, *args, **kwargs)
         flat_x = x.reshape(-1, self.in_features)
         projections = self.project(flat_x)  # (N, M): A[j, :] x for every expert
-        gates = self.gates(flat_x, projections).to(x.dtype)
-        delta = ((projections * gates) @ self.expert_B.T) * self.scale()
+        indices = None
+        if self.expert_path == "sparse":
+            gates, indices = self.gates_with_indices(flat_x, projections)
+            gates = gates.to(x.dtype)
+        else:
+            gates = self.gates(flat_x, projections).to(x.dtype)
+        if indices is None:  # dense path, or K = M (every expert is selected: nothing to skip)
+            delta = ((projections * gates) @ self.expert_B.T) * self.scale()
+        else:
+            delta = self.sparse_delta(projections, gates, indices) * self.scale()
         if self.track_importance:
             flat_out = base_out.reshape(-1, self.out_features)
             keep = self.kept_tokens(flat_out.shape[0], flat_out.device)
@@ -189,5 +238,6 @@ class MoreLinear(RoutedLinear):
         return (
             f"in={self.in_features}, out={self.out_features}, experts={self.num_experts}, "
             f"quota={self._k}, output_scale={self.output_scale_mode}, router={self.router_name}"
+            + (", expert_path=sparse" if self.expert_path == "sparse" else "")
             + (f", residual_rank={self.residual_rank}" if self.residual_rank else "")
         )

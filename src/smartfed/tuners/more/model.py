@@ -67,6 +67,7 @@ class MoreModel(PoolTuner):
             router=self.config.router,
             router_rank=self.config.router_rank,
             owners=experts.owners,
+            expert_path=self.config.expert_path,
         )
 
     # ------------------------------------------------------------------ access
@@ -91,6 +92,12 @@ class MoreModel(PoolTuner):
 
     def load_router_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.load_trainable_state_dict(state)
+
+    def set_expert_path(self, path: str) -> None:
+        """Sum the selected experts densely or sparsely in every layer (same function)."""
+        for layer in self.tuner_layers().values():
+            layer.set_expert_path(path)
+        self.config.expert_path = path
 
     # ------------------------------------------------------------------ quotas
     def get_quotas(self) -> np.ndarray:
