@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 from safetensors import safe_open
 
 from smartfed.assembly.runtime import get_runtime
@@ -18,8 +16,9 @@ from smartfed.bench.runner import _check_same_bench
 from smartfed.cli.main import main
 from smartfed.engine.training import train_local
 from smartfed.errors import ConfigError
-from smartfed.federation import client_app as smartfed_client
 from smartfed.federation.runner import run_federated
+
+from .crashing import CrashAtRound
 
 # A bfloat16 base keeps ~3 significant digits: the tiny run's eval losses (~5.5) may move by
 # this much from the float32 run's (absolute). Measured: 2e-4 before training, at most 1.4e-2
@@ -128,18 +127,6 @@ def test_every_kind_of_method_trains_on_a_bfloat16_base(method, tiny_run_config)
     assert changed, "training changed no exchanged tensor"
 
 
-class _CrashAtRound:
-    def __init__(self, round_to_crash: int):
-        self.round_to_crash = round_to_crash
-        self.app = ClientApp()
-        self.app.train()(self.train)
-
-    def train(self, msg: Message, context: Context) -> Message:
-        if int(msg.content["config"]["server-round"]) == self.round_to_crash:
-            raise KeyboardInterrupt("simulated crash")
-        return smartfed_client.train(msg, context)
-
-
 def _one_error_line(capsys) -> str:
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1, lines
@@ -149,7 +136,7 @@ def _one_error_line(capsys) -> str:
 def test_resume_may_change_the_device_but_not_the_dtype(tiny_run_config, tmp_path, capsys):
     crashed = tiny_run_config(device="cpu", output_dir=str(tmp_path / "run"))
     with pytest.raises(KeyboardInterrupt):
-        run_federated(crashed, client_app=_CrashAtRound(3).app)
+        run_federated(crashed, client_app=CrashAtRound(3).app)
     run = Path(crashed.output_dir)
     assert [r["round"] for r in _rows(run)] == [1, 2]
 

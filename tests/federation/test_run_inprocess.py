@@ -20,6 +20,7 @@ from smartfed.pool import load_pool
 from smartfed.tuners.more import MoreModel
 
 from ..conftest import make_tiny_llama
+from .crashing import CrashAtRound
 
 ROW_FIELDS = {
     "round", "train_loss", "bytes_down", "bytes_up", "wall_s", "quotas", "importance",
@@ -94,27 +95,13 @@ def test_no_eeqa_keeps_uniform_quotas(tiny_run_config):
     assert all(row["quotas"] == [3] * 4 for row in _rows(Path(config.output_dir)))
 
 
-class _CrashAtRound:
-    """A ClientApp that dies (like kill -9: a BaseException nothing catches) at one round."""
-
-    def __init__(self, round_to_crash: int):
-        self.round_to_crash = round_to_crash
-        self.app = ClientApp()
-        self.app.train()(self.train)
-
-    def train(self, msg: Message, context: Context) -> Message:
-        if int(msg.content["config"]["server-round"]) == self.round_to_crash:
-            raise KeyboardInterrupt("simulated crash")
-        return smartfed_client.train(msg, context)
-
-
 def test_resumed_run_ends_with_the_same_routers(tiny_run_config, tmp_path):
     reference = tiny_run_config(output_dir=str(tmp_path / "reference"))
     run_federated(reference)
 
     crashed = tiny_run_config(output_dir=str(tmp_path / "crashed"))
     with pytest.raises(KeyboardInterrupt):
-        run_federated(crashed, client_app=_CrashAtRound(3).app)
+        run_federated(crashed, client_app=CrashAtRound(3).app)
     assert [r["round"] for r in _rows(Path(crashed.output_dir))] == [1, 2]
 
     # Without --resume an existing run is never overwritten.

@@ -21,12 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 from safetensors.torch import load_file
 
 from smartfed.errors import ConfigError
-from smartfed.federation import client_app as smartfed_client
 from smartfed.federation import simulation
 from smartfed.federation.client_app import app as smartfed_client_app
 from smartfed.federation.inprocess import InProcessGrid
@@ -37,6 +34,7 @@ from smartfed.pool import load_pool
 from smartfed.tuners.more import MoreModel
 
 from ..conftest import make_tiny_llama
+from .crashing import CrashAtRound
 
 TOLERANCE = 1e-6
 
@@ -117,20 +115,6 @@ def test_random_node_ids_sample_the_same_partitions(tiny_run_config, tmp_path):
     _assert_same_run(Path(reference.output_dir), Path(config.output_dir), tolerance=0.0)
 
 
-class _CrashAtRound:
-    """A ClientApp that dies (a BaseException nothing catches) at one round."""
-
-    def __init__(self, round_to_crash: int):
-        self.round_to_crash = round_to_crash
-        self.app = ClientApp()
-        self.app.train()(self.train)
-
-    def train(self, msg: Message, context: Context) -> Message:
-        if int(msg.content["config"]["server-round"]) == self.round_to_crash:
-            raise KeyboardInterrupt("simulated crash")
-        return smartfed_client.train(msg, context)
-
-
 @pytest.mark.slow
 def test_a_run_cut_short_resumes_on_the_simulation(tiny_run_config, tmp_path):
     """The ServerApp resumes from the run directory whichever engine runs it."""
@@ -139,7 +123,7 @@ def test_a_run_cut_short_resumes_on_the_simulation(tiny_run_config, tmp_path):
     run_federated(reference)
     cut = tiny_run_config(**shape, output_dir=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
-        run_federated(cut, client_app=_CrashAtRound(3).app)
+        run_federated(cut, client_app=CrashAtRound(3).app)
     assert [row["round"] for row in _rows(Path(cut.output_dir))] == [1, 2]
 
     resumed = tiny_run_config(**shape, output_dir=cut.output_dir, engine="simulation", resume=True)

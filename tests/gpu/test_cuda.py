@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -22,13 +20,13 @@ from smartfed.assembly.runtime import get_runtime
 from smartfed.engine.training import train_local
 from smartfed.evaluation.generation import generate
 from smartfed.evaluation.harness import load_eval_target
-from smartfed.federation import client_app as smartfed_client
 from smartfed.federation.runner import run_federated
 from smartfed.models import load_base_model, model_autocast
 from smartfed.pool import load_pool
 from smartfed.tuners.more import MoreConfig, MoreModel
 
 from ..conftest import make_tiny_llama
+from ..federation.crashing import CrashAtRound
 
 pytestmark = [
     pytest.mark.gpu,
@@ -123,22 +121,10 @@ def test_more_equivalence_holds_on_cuda(dtype, atol, make_adapter, input_ids):
     torch.testing.assert_close(got.float().cpu(), exact, atol=atol, rtol=0)
 
 
-class _CrashAtRound:
-    def __init__(self, round_to_crash: int):
-        self.round_to_crash = round_to_crash
-        self.app = ClientApp()
-        self.app.train()(self.train)
-
-    def train(self, msg: Message, context: Context) -> Message:
-        if int(msg.content["config"]["server-round"]) == self.round_to_crash:
-            raise KeyboardInterrupt("simulated crash")
-        return smartfed_client.train(msg, context)
-
-
 def test_a_cpu_run_resumes_on_cuda_and_evaluates_there(tiny_run_config):
     config = tiny_run_config(device="cpu", num_rounds=2)
     with pytest.raises(KeyboardInterrupt):
-        run_federated(config, client_app=_CrashAtRound(2).app)
+        run_federated(config, client_app=CrashAtRound(2).app)
     summary = run_federated(replace(config, resume=True, device="cuda"))
     run = Path(config.output_dir)
     assert [r["round"] for r in _rows(run)] == [1, 2]
