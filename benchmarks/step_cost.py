@@ -120,19 +120,9 @@ JSON_FORMAT = "step_cost/2"
 SEED = 0
 POOL_ALPHA_PER_RANK = 2.0  # the paper's modules: rank 32, alpha 64
 POOL_TARGETS = ("q_proj", "v_proj")  # the paper's: Query and Value
-# SmolLM2-135M-Instruct's architecture (its config.json), for --model random.
-SMOLLM2_135M = dict(
-    hidden_size=576,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    intermediate_size=1536,
-    vocab_size=49152,
-    tie_word_embeddings=True,
-    max_position_embeddings=8192,
-    rms_norm_eps=1e-5,
-    rope_theta=100000.0,
-)
+# SmolLM2-135M-Instruct's published config.json (no weights), for --model random: the same file
+# `smartfed run --dry_run` reads, so both describe one architecture.
+SMOLLM2_135M_CONFIG = Path(__file__).resolve().parent / "model_configs" / "smollm2-135m-instruct"
 # The tests' tiny LLaMA (tests/conftest.py), for --model tiny.
 TINY = dict(
     hidden_size=32,
@@ -269,8 +259,9 @@ def random_llama_config(spec: str) -> LlamaConfig | None:
     """The config of ``tiny``, ``random`` or ``random:HxL``; None for a model name or path."""
     if spec == "tiny":
         return LlamaConfig(**TINY)
+    smollm2 = LlamaConfig.from_pretrained(SMOLLM2_135M_CONFIG)
     if spec == "random":
-        return LlamaConfig(**SMOLLM2_135M)
+        return smollm2
     match = re.fullmatch(r"random:(\d+)x(\d+)", spec)
     if match is None:
         return None
@@ -280,7 +271,7 @@ def random_llama_config(spec: str) -> LlamaConfig | None:
     heads = hidden // 64
     return LlamaConfig(
         **{
-            **SMOLLM2_135M,
+            **smollm2.to_dict(),
             "hidden_size": hidden,
             "num_hidden_layers": layers,
             "num_attention_heads": heads,

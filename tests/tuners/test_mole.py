@@ -14,7 +14,7 @@ from smartfed.pool import load_pool
 from smartfed.tuners.experts import group_experts_by_module
 from smartfed.tuners.mole import MoleConfig, MoleModel
 
-from ..conftest import make_tiny_llama
+from ..conftest import make_tiny_llama, train_steps
 
 ATOL = 1e-5
 Q0 = "model.layers.0.self_attn.q_proj"
@@ -71,20 +71,6 @@ def hetero_paths(make_adapter) -> list[Path]:
 @pytest.fixture
 def hetero_pool(hetero_paths):
     return load_pool([str(p) for p in hetero_paths])
-
-
-def _train(model: torch.nn.Module, input_ids: torch.Tensor, steps: int) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
 
 
 # ---------------------------------------------------------------------- equivalences
@@ -208,7 +194,8 @@ def test_gradients_reach_only_routers(hetero_pool, input_ids):
 
 def test_training_lowers_loss(hetero_pool, input_ids):
     mole = MoleModel(make_tiny_llama(), hetero_pool, MoleConfig(top_k=2, router_init_std=0.5))
-    losses = _train(mole, input_ids, steps=12)
+    losses = train_steps(mole, input_ids, steps=12)
+    mole.eval()
     assert losses[-1] < losses[0] - 0.01
 
 
@@ -232,7 +219,8 @@ def test_module_usage_counts_real_tokens_and_k_selections(hetero_pool, input_ids
 # ---------------------------------------------------------------------- persistence
 def test_save_load_round_trip(hetero_pool, input_ids, tmp_path):
     mole = MoleModel(make_tiny_llama(), hetero_pool, MoleConfig(top_k=2))
-    _train(mole, input_ids, steps=3)
+    train_steps(mole, input_ids, steps=3)
+    mole.eval()
     with torch.no_grad():
         expected = mole(input_ids=input_ids).logits
     mole.save_pretrained(tmp_path / "mole")
