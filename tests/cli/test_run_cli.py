@@ -174,3 +174,40 @@ def test_resuming_a_version_0_1_run_is_refused_in_one_line(capsys, tmp_path):
     code, _, err = _run(capsys, "--resume", str(tmp_path))
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and "cannot be continued" in lines[0]
+
+
+def test_toml_per_method_tables_apply_to_their_method_only(tmp_path):
+    """[methods.NAME] gives each method its own values (one bench, each method at its own
+    learning rate); they win over the file's top level, and flags win over them."""
+    from smartfed.assembly.config import gather
+
+    config = tmp_path / "bench.toml"
+    config.write_text(
+        "learning_rate = 1e-3\n[methods.smartfed]\nlearning_rate = 5e-2\nrouter = 'linear'\n"
+        "[methods.fedit]\nlearning_rate = 2e-3\n"
+    )
+    values = gather(config_file=config)
+    assert values.config_for("smartfed").settings.learning_rate == 5e-2
+    assert values.config_for("fedit").settings.learning_rate == 2e-3
+    assert values.config_for("mole", strict=False).settings.learning_rate == 1e-3  # top level
+    uniform = values.config_for("smartfed", {"enable_eeqa": False}, strict=False)
+    assert (uniform.settings.learning_rate, uniform.settings.router) == (5e-2, "linear")
+    flagged = gather(config_file=config, overrides={"learning_rate": 7e-3})
+    assert flagged.config_for("smartfed").settings.learning_rate == 7e-3
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ("[methods.nope]\nlearning_rate = 1e-3\n", "unknown method 'nope'"),
+        ("[methods.fedit]\ntopk_experts = 4\n", "[methods.fedit] topk_experts is not a setting"),
+        ("[methods.fedit]\nlearning_rate = 'fast'\n", "[methods.fedit]"),
+        ("methods = 3\n", "'methods' must be a table"),
+    ],
+)
+def test_toml_per_method_tables_refuse_bad_values(table, fragment, capsys, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(table)
+    code, _, err = _run(capsys, "--config", str(config), "--output_dir", str(tmp_path / "r"))
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and fragment in lines[0], err

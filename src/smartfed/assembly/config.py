@@ -1,7 +1,9 @@
 """Resolve presets, TOML files and flags into a :class:`RunConfig` for one method.
 
-Precedence: built-in defaults < preset < ``--config FILE.toml`` < explicit flags. A value is a
-shared setting (a RunConfig field) or a method setting (a field of some method's settings
+Precedence: built-in defaults < preset < ``--config FILE.toml`` < explicit flags. A TOML file may
+also hold one table per method (``[methods.smartfed]``): its values apply to that method only
+(and its ablations), over the file's top-level values and under flags, so one bench can give
+each method its own learning rate. A value is a shared setting (a RunConfig field) or a method setting (a field of some method's settings
 class). Method settings a user gave explicitly (TOML or flag) must be declared by the chosen
 method, otherwise the run is refused with one line naming the method and its settings; a
 preset's method settings apply where the method declares them (a preset serves every method).
@@ -105,10 +107,37 @@ class SettingValues:
     shared: dict[str, Any] = field(default_factory=dict)
     method: dict[str, Any] = field(default_factory=dict)  # explicit: refused where undeclared
     preset_method: dict[str, Any] = field(default_factory=dict)  # applied where declared
+    # TOML [methods.NAME] tables: explicit, for that method only; flags still win over them.
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    from_flags: set[str] = field(default_factory=set)
 
-    def add(self, values: dict[str, Any], source: str, *, from_preset: bool = False) -> None:
+    def add_per_method(self, tables: Any, source: str) -> None:
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{source}: 'methods' must be a table of [methods.NAME] tables")
+        for method, values in tables.items():
+            settings_class = get_method(method).settings_class  # unknown names: one line
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [methods.{method}] must be a table of settings")
+            declared = settings_class.setting_names()
+            for name, value in values.items():
+                if name not in declared:
+                    own = ", ".join(declared) if declared else "none"
+                    raise ConfigError(
+                        f"{source}: [methods.{method}] {name} is not a setting of {method} "
+                        f"({method}'s settings: {own})"
+                    )
+                where = f"{source} [methods.{method}]"
+                coerced = coerce(settings_class.field_named(name), value, where)
+                self.per_method.setdefault(method, {})[name] = coerced
+
+    def add(
+        self, values: dict[str, Any], source: str, *, from_preset: bool = False,
+        from_flags: bool = False,
+    ) -> None:  # fmt: skip
         for name, value in values.items():
             value = _coerce_value(name, value, source)
+            if from_flags:
+                self.from_flags.add(name)
             if name in RunConfig.setting_names():
                 self.shared[name] = value
             elif from_preset:
@@ -134,6 +163,8 @@ class SettingValues:
             if strict and name not in declared:
                 raise ConfigError(_refusal(name, method))
         explicit = {k: v for k, v in self.method.items() if k in declared}
+        own = self.per_method.get(method, {})
+        explicit.update({k: v for k, v in own.items() if k not in self.from_flags})
         for name, value in (overrides or {}).items():
             if name in RunConfig.setting_names():
                 shared[name] = value
@@ -185,9 +216,12 @@ def gather(
             raise ConfigError(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
         values.add({**PRESETS[preset], "preset": preset}, f"preset {preset}", from_preset=True)
     if config_file is not None:
-        values.add(load_toml(config_file), str(config_file))
+        data = load_toml(config_file)
+        if "methods" in data:
+            values.add_per_method(data.pop("methods"), str(config_file))
+        values.add(data, str(config_file))
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    values.add(given, "command line")
+    values.add(given, "command line", from_flags=True)
     return values
 
 
