@@ -2,6 +2,11 @@
 total bytes, one point per method folder of ``benchmarks/results/routers/TASK/``.
 
     .venv/bin/python benchmarks/routers_pareto.py cn_math      # writes pareto.md and pareto.png
+    .venv/bin/python benchmarks/routers_pareto.py cn_math --include cn_math_rounds12
+
+``--include DIR`` adds the bench folders of ``benchmarks/results/routers/DIR/`` (named
+``DIR/folder``), e.g. longer runs or the EEQA on/off runs, against the same FedIT target.
+Methods that train nothing (merge) send no bytes: they are in the table, not on the log-scale plot.
 
 Each folder is one ``smartfed bench --sweep ... --seeds ...`` (see benchmarks/routers.sh): the
 chosen learning rate's test-split runs, one per seed. Losses are the mean over seeds (± the
@@ -41,7 +46,7 @@ def _curves(run_dir: Path) -> tuple[list[float], list[float]]:
     return losses, cumulative
 
 
-def load_points(task_dir: Path) -> list[dict]:
+def load_points(task_dir: Path, prefix: str = "") -> list[dict]:
     points = []
     for results_path in sorted(task_dir.glob("*/results.json")):
         results = json.loads(results_path.read_text(encoding="utf-8"))
@@ -56,7 +61,7 @@ def load_points(task_dir: Path) -> list[dict]:
             finals = [c[0][rounds - 1] for c in curves]
             points.append(
                 {
-                    "name": results_path.parent.name,
+                    "name": prefix + results_path.parent.name,
                     "method": label,
                     "learning_rate": (entry.get("chosen") or {}).get("learning_rate"),
                     "seeds": len(runs),
@@ -114,6 +119,8 @@ def write_outputs(task: str, points: list[dict], out_dir: Path) -> str:
 
     figure, (per_round, total) = plt.subplots(1, 2, figsize=(12, 4.5))
     for point in points:
+        if not point["bytes_per_round"]:
+            continue  # nothing trained, nothing sent: no place on a log scale
         per_round.errorbar(
             point["bytes_per_round"], point["final_loss"], yerr=point["final_std"] or 0,
             fmt="o", capsize=3, label=point["name"],
@@ -138,9 +145,17 @@ def write_outputs(task: str, points: list[dict], out_dir: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", help="task folder under benchmarks/results/routers/")
+    parser.add_argument(
+        "--include", action="append", default=[], metavar="DIR",
+        help="also the bench folders of benchmarks/results/routers/DIR (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     task_dir = RESULTS / args.task
     points = load_points(task_dir)
+    for extra in args.include:
+        if not (RESULTS / extra).is_dir():
+            raise SystemExit(f"--include {extra}: no folder {RESULTS / extra}")
+        points += load_points(RESULTS / extra, prefix=f"{extra}/")
     if not points:
         raise SystemExit(f"no finished bench folders under {task_dir}")
     print(write_outputs(args.task, points, task_dir))
