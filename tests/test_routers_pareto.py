@@ -62,7 +62,7 @@ def test_table_means_targets_and_included_folders(pareto, tmp_path):
     assert pareto.bytes_to_target(by_name["router"], target) == 20
     assert (
         pareto.bytes_to_target(by_name["longer/router"], target) == 30
-    )  # 0.67 > 0.66: reached at round 3
+    )  # round 3 (0.67 > 0.66)
     assert pareto.bytes_to_target(by_name["merge"], target) is None
     table = pareto.write_outputs("task", points, tmp_path)
     assert "| router | 0.01 | 1 | 0.600 |" in table and "| 100.0 |" in table  # 2000 / 20
