@@ -3,11 +3,12 @@
 Precedence: built-in defaults < preset < ``--config FILE.toml`` < explicit flags. A TOML file may
 also hold one table per method (``[methods.smartfed]``): its values apply to that method only
 (and its ablations), over the file's top-level values and under flags, so one bench can give
-each method its own learning rate. A value is a shared setting (a RunConfig field) or a method setting (a field of some method's settings
-class). Method settings a user gave explicitly (TOML or flag) must be declared by the chosen
-method, otherwise the run is refused with one line naming the method and its settings; a
-preset's method settings apply where the method declares them (a preset serves every method).
-A bench resolves the same values once per entry (:meth:`SettingValues.config_for`).
+each method its own learning rate. A value is a shared setting (a RunConfig field) or a method
+setting (a field of some method's settings class). Method settings a user gave explicitly (TOML
+or flag) must be declared by the chosen method, otherwise the run is refused with one line
+naming the method and its settings; a preset's method settings apply where the method declares
+them (a preset serves every method). A bench resolves the same values once per entry
+(:meth:`SettingValues.config_for`).
 """
 
 from __future__ import annotations
