@@ -36,14 +36,25 @@ TARGET_FACTOR = 1.1
 def _curves(run_dir: Path) -> tuple[list[float], list[float]]:
     """(eval loss per round, cumulative bytes up + down per round) of one run."""
     losses, cumulative, total = [], [], 0
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
+    for line in filter(None, lines):
         row = json.loads(line)
         if "eval_loss" not in row:
             continue
         total += row["bytes_up"] + row["bytes_down"]
         losses.append(row["eval_loss"])
         cumulative.append(total)
+    if not losses:  # nothing trained (merge): its one evaluation, before any round
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        losses, cumulative = [summary["initial_eval"]["eval_loss"]], [0]
     return losses, cumulative
+
+
+def _learning_rate(run_dir: Path) -> float | str:
+    """The rate a run used when no sweep chose it ("-" for methods that train nothing)."""
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    return (config.get("method_settings") or {}).get("learning_rate", "-")
 
 
 def load_points(task_dir: Path, prefix: str = "") -> list[dict]:
@@ -51,7 +62,9 @@ def load_points(task_dir: Path, prefix: str = "") -> list[dict]:
     for results_path in sorted(task_dir.glob("*/results.json")):
         results = json.loads(results_path.read_text(encoding="utf-8"))
         for label, entry in results["methods"].items():
-            runs = [results_path.parent / label / f"seed{seed}" for seed in results["seeds"]]
+            seeds = results.get("seeds")  # absent: one seed, run in the entry's own folder
+            runs = [results_path.parent / label / f"seed{seed}" for seed in seeds or []]
+            runs = runs or [results_path.parent / label]
             runs = [run for run in runs if (run / "summary.json").is_file()]
             if not runs:
                 continue
@@ -63,7 +76,8 @@ def load_points(task_dir: Path, prefix: str = "") -> list[dict]:
                 {
                     "name": prefix + results_path.parent.name,
                     "method": label,
-                    "learning_rate": (entry.get("chosen") or {}).get("learning_rate"),
+                    "learning_rate": (entry.get("chosen") or {}).get("learning_rate")
+                    or _learning_rate(runs[0]),
                     "seeds": len(runs),
                     "final_loss": statistics.mean(finals),
                     "final_std": statistics.stdev(finals) if len(finals) > 1 else None,

@@ -33,9 +33,9 @@ def _bench(folder: Path, label: str, losses_per_seed: dict[int, list[float]], pe
     for seed, losses in losses_per_seed.items():
         run = folder / label / f"seed{seed}"
         run.mkdir(parents=True)
-        (run / "summary.json").write_text("{}")
-        rows = [{"round": 0, "eval_loss": losses[0], "bytes_up": 0, "bytes_down": 0}]
-        rows += [
+        (run / "config.json").write_text(json.dumps({"method_settings": {}}))
+        (run / "summary.json").write_text(json.dumps({"initial_eval": {"eval_loss": losses[0]}}))
+        rows = [
             {
                 "round": r,
                 "eval_loss": loss,
@@ -51,7 +51,7 @@ def test_table_means_targets_and_included_folders(pareto, tmp_path):
     task = tmp_path / "task"
     _bench(task / "fedit", "fedit", {0: [3.0, 1.0, 0.5], 1: [3.0, 1.2, 0.7]}, per_round=1000)
     _bench(task / "router", "smartfed_dense", {0: [2.0, 0.7, 0.6]}, per_round=10)
-    _bench(task / "merge", "merge", {0: [2.4]}, per_round=0)
+    _bench(task / "merge", "merge", {0: [2.4]}, per_round=0)  # no rounds: summary only
     _bench(tmp_path / "longer" / "router", "smartfed_dense", {0: [2.0, 0.8, 0.67, 0.6]}, 10)
     points = pareto.load_points(task) + pareto.load_points(tmp_path / "longer", prefix="longer/")
     by_name = {p["name"]: p for p in points}
@@ -60,9 +60,7 @@ def test_table_means_targets_and_included_folders(pareto, tmp_path):
     target = pareto.TARGET_FACTOR * 0.6  # 0.66
     assert pareto.bytes_to_target(by_name["fedit"], target) == 2000  # mean 0.6 at round 2
     assert pareto.bytes_to_target(by_name["router"], target) == 20
-    assert (
-        pareto.bytes_to_target(by_name["longer/router"], target) == 30
-    )  # round 3 (0.67 > 0.66)
+    assert pareto.bytes_to_target(by_name["longer/router"], target) == 30  # round 3 (0.67 > 0.66)
     assert pareto.bytes_to_target(by_name["merge"], target) is None
     table = pareto.write_outputs("task", points, tmp_path)
     assert "| router | 0.01 | 1 | 0.600 |" in table and "| 100.0 |" in table  # 2000 / 20
