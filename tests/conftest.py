@@ -188,6 +188,9 @@ def tiny_run_config(tiny_task, tiny_model_dir, make_adapter, tmp_path):
             learning_rate=5e-2,
             max_seq_len=64,
             topk_experts=3,
+            # The paper's router, which most tests' size formulas are written for (SmartFed's
+            # default, diag_lowrank, has its own tests and runs in the smoke integration test).
+            router="linear",
             eval_samples=8,
             eval_batch_size=4,
             output_dir=str(tmp_path / "run"),

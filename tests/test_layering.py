@@ -12,9 +12,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "smartfed"
 
 # Bottom to top; a package may import any package listed before it (and itself).
 LAYERS = [
-    "__init__", "errors", "utils", "telemetry", "models", "data", "pool", "importance", "eeqa",
-    "tuners", "engine", "methods", "assembly", "evaluation", "federation", "bench", "report",
-    "cli",
+    "__init__", "errors", "utils", "telemetry", "models", "data", "pool", "robust", "importance",
+    "eeqa", "tuners", "engine", "methods", "assembly", "evaluation", "federation", "bench",
+    "report", "cli",
 ]  # fmt: skip
 FLOWER_ALLOWED = {"flwr": {"federation"}, "flwr_datasets": {"data", "federation"}}
 

@@ -51,6 +51,7 @@ def test_paper_size_is_the_papers_protocol(script):
     assert protocol == (20, 2, 20, 10, 16)
     settings = config.settings
     assert (config.method, settings.learning_rate, settings.topk_experts) == ("smartfed", 5e-4, 32)
+    assert (settings.router, settings.dense) == ("linear", False)  # the paper's, not our defaults
     assert settings.enable_eeqa is True and config.preset == "paper"
     assert (config.task, config.lora_pool) == (task, pool)
     assert (config.device, config.dtype) == ("cuda", "bfloat16")
@@ -63,6 +64,7 @@ def test_cpu_size_is_the_demo_preset_on_the_cpu(script):
     config = resolved(script, SIZE="cpu")
     assert (config.preset, config.task, config.lora_pool) == ("demo", task, pool)
     assert (config.device, config.dtype, config.num_rounds) == ("cpu", "float32", 4)
+    assert (config.settings.router, config.settings.dense) == ("diag_lowrank", True)  # defaults
     if task != "cn_code_offline":  # its Chinese Alpaca data is not bundled: it needs DATA_DIR
         check_inputs(config)  # the bundled data and the shipped pool modules are there
 

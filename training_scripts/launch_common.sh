@@ -24,18 +24,19 @@ smartfed_launch() {
   local -a args
   case "$size" in
     paper)
-      # The paper's federated protocol (its README): 20 clients, 2 sampled per round, 20
-      # rounds of 10 local AdamW steps at lr 5e-4, batch 16, K = 32 experts per matrix, EEQA.
-      # The preset adds max_seq_len 512 and 250 evaluation examples.
+      # The paper's federated protocol and method (its README): 20 clients, 2 sampled per
+      # round, 20 rounds of 10 local AdamW steps at lr 5e-4, batch 16, its linear router with
+      # K = 32 experts per matrix, EEQA. The preset adds max_seq_len 512 and 250 evaluation
+      # examples. (SmartFed's own defaults differ: see benchmarks/results/routers/.)
       args=(--preset paper --num_clients 20 --sample_clients 2 --num_rounds 20
-            --local_steps 10 --batch_size 16 --learning_rate 5e-4 --topk_experts 32
-            --enable_eeqa)
+            --local_steps 10 --batch_size 16 --router linear --learning_rate 5e-4
+            --topk_experts 32 --enable_eeqa)
       device=cuda
       dtype=bfloat16
       ;;
     cpu)
-      # The demo preset: 8 clients, 2 sampled, 4 rounds of 4 steps at batch 4, K = 8 (cn_math:
-      # 19 min on the shared 2-core VM with other jobs running, eval loss 2.745 -> 2.247).
+      # The demo preset: 8 clients, 2 sampled, 4 rounds of 4 steps at batch 4, with SmartFed's
+      # defaults (diag_lowrank router at 5e-2, every expert).
       args=(--preset demo)
       device=cpu
       dtype=float32

@@ -176,10 +176,12 @@ def test_manifest_names_resolve_relative_to_the_manifest(capsys, make_adapter, t
         "alpha": 8,
     }
     manifest.write_text(json.dumps({"modules": {"mine": entry}}))
+    assert main(["pool", "lock", "mine", "--pool_manifest", str(manifest)]) == 0
     code, _, err = _validate(capsys, "mine", tiny_model_dir, "--pool_manifest", str(manifest))
     assert code == 0, err
     # a manifest that records the wrong shape is caught
     entry["rank"] = 16
+    entry["sha256"] = json.loads(manifest.read_text())["modules"]["mine"]["sha256"]
     manifest.write_text(json.dumps({"modules": {"mine": entry}}))
     code, _, err = _validate(capsys, "mine", tiny_model_dir, "--pool_manifest", str(manifest))
     _assert_one_line_error(code, err, "records rank 16")

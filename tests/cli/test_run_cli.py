@@ -98,7 +98,8 @@ def test_smoke_preset_on_the_default_model(capsys, tmp_path):
         assert len(row["quotas"]) == 60  # 30 layers × (q_proj, v_proj)
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["pool"] == ["smoke_math_a", "smoke_math_b"]
-    assert summary["trainable_parameters"] == 30 * (16 * 576 + 16 * 576)
+    # The default diag_lowrank router, M = 16 experts per matrix: 2M + 2 * M * 4 values each.
+    assert summary["trainable_parameters"] == 30 * 2 * (2 * 16 + 2 * 16 * 4)
     assert summary["bytes_up"] == sum(r["bytes_up"] for r in rows)
     assert summary["initial_eval"]["eval_loss"] > 0
     config = json.loads((out_dir / "config.json").read_text())
@@ -127,15 +128,33 @@ def test_toml_method_settings_follow_the_same_rules(capsys, tmp_path):
 
 
 def test_a_presets_method_settings_yield_to_explicit_ones():
-    """The demo preset's K = 8 must not make `--preset demo --dense` an error: a preset is not
+    """The smoke preset's K = 4 must not make `--preset smoke --dense` an error: a preset is not
     the user's input. The same K given explicitly is refused (test above)."""
     from smartfed.assembly.config import gather
 
-    dense = gather(preset="demo", overrides={"dense": True}).config_for()
+    dense = gather(preset="smoke", overrides={"dense": True}).config_for()
     assert dense.settings.dense and dense.settings.topk_experts is None
-    fedit = gather(preset="demo", overrides={"method": "fedit"}).config_for()
+    fedit = gather(preset="smoke", overrides={"method": "fedit"}).config_for()
     assert fedit.method == "fedit" and not hasattr(fedit.settings, "topk_experts")
-    assert gather(preset="demo").config_for().settings.topk_experts == 8
+    assert gather(preset="smoke").config_for().settings.topk_experts == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, (True, None, None)),  # the default: every expert, no EEQA
+        ({"topk_experts": 8}, (False, 8, True)),  # a K asks for top-K, EEQA on (the paper's)
+        ({"enable_eeqa": False}, (False, 32, False)),  # uniform K = 32
+        ({"k_min": 2}, (False, 32, True)),  # an EEQA setting asks for EEQA
+        ({"dense": False}, (False, 32, True)),
+    ],
+)
+def test_smartfed_is_dense_unless_a_top_k_setting_is_given(overrides, expected):
+    from smartfed.assembly.config import gather
+
+    settings = gather(preset="demo", overrides=overrides).config_for().settings
+    assert (settings.dense, settings.topk_experts, settings.enable_eeqa) == expected
+    assert (settings.router, settings.learning_rate) == ("diag_lowrank", 5e-2)
 
 
 def test_a_task_without_lora_pool_uses_its_default_pool():

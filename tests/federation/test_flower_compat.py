@@ -16,7 +16,10 @@ from smartfed.federation.inprocess import InProcessGrid
 FEDERATION = Path(flower_compat.__file__).parent
 # Flower's public packages (their own __all__); their submodules are internals.
 PUBLIC_FLOWER = {"flwr", "flwr.app", "flwr.clientapp", "flwr.common", "flwr.serverapp",
-                 "flwr.serverapp.strategy", "flwr.simulation"}  # fmt: skip
+                 "flwr.serverapp.strategy", "flwr.simulation",
+                 # the legacy API that SecAgg+ needs (federation/secure_aggregation.py)
+                 "flwr.server", "flwr.server.strategy", "flwr.server.workflow",
+                 "flwr.client.mod"}  # fmt: skip
 
 
 @pytest.mark.parametrize("version", ["1.42.0", "1.42.7", "1.42.1rc2"])

@@ -303,10 +303,13 @@ def test_a_partial_saved_adapter_is_refused(tiny_run_config, tmp_path):
         method.load_final(final)
 
 
-def test_k_min_above_a_matrix_capacity_fails_before_any_round(tiny_run_config):
+def test_k_min_above_a_matrix_capacity_fails_before_any_round(tiny_run_config, make_adapter):
     from smartfed.errors import ConfigError
 
-    config = tiny_run_config(topk_experts=10, k_min=9)  # every matrix has 4 + 4 experts
+    # q_proj has 4 + 4 + 4 experts, v_proj 4 + 4: K = 10 fits q_proj, k_min = 9 not v_proj.
+    q_only = make_adapter("q_only", r=4, targets=("q_proj",))
+    pool = f"{tiny_run_config().lora_pool},{q_only}"
+    config = tiny_run_config(lora_pool=pool, topk_experts=10, k_min=9)
     with pytest.raises(ConfigError, match="--k_min \\(9\\) exceeds the smallest"):
         run_federated(config)
     assert not (Path(config.output_dir) / "metrics.jsonl").read_text().strip()  # no round ran

@@ -32,7 +32,7 @@ def test_limits_are_eeqa_only(name, off):
     with pytest.raises(ConfigError, match=f"--{name} only applies with EEQA"):
         SmartFedSettings(**off, **{name: 40})
     assert name in SmartFedSettings.inapplicable(off)
-    assert name not in SmartFedSettings.inapplicable({})
+    assert name not in SmartFedSettings.inapplicable({"topk_experts": 8})
 
 
 def test_limit_bounds_are_checked():

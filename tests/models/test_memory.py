@@ -135,6 +135,7 @@ def _dry_run_argv(config) -> list[str]:
     return [
         "run", "--dry_run", "--model_name_or_path", config.model_name_or_path,
         "--lora_pool", config.lora_pool, "--task", config.task, "--num_clients", "4",
+        "--router", config.settings.router, "--topk_experts", str(config.settings.topk_experts),
         "--output_dir", config.output_dir,
     ]  # fmt: skip
 
@@ -206,10 +207,22 @@ def test_demo_dry_run_predicts_the_recorded_demo_runs_bytes():
     the reference demo run recorded in benchmarks/results/cn_math/smartfed."""
     from smartfed.assembly.config import gather
 
-    plan = plan_run(gather(preset="demo", overrides={}).config_for())
+    paper_router = {"router": "linear", "topk_experts": 8}  # the reference run's settings
+    plan = plan_run(gather(preset="demo", overrides=paper_router).config_for())
     recorded = Path(__file__).parents[2] / "benchmarks/results/cn_math/smartfed/metrics.jsonl"
     first = json.loads(recorded.read_text().splitlines()[0])
     traffic = plan_round_bytes(plan)
     assert (traffic.down, traffic.up) == (first["bytes_down"], first["bytes_up"])
     assert plan.base_parameters == 134_515_008
     assert plan.trainable_parameters == 2_211_840
+    # Today's defaults (diag_lowrank, dense): the routers benchmark's recorded bytes.
+    plan = plan_run(gather(preset="demo", overrides={}).config_for())
+    recorded = Path(__file__).parents[2] / (
+        "benchmarks/results/routers/cn_math/diag_lowrank/smartfed_dense/seed0/metrics.jsonl"
+    )
+    first = json.loads(recorded.read_text().splitlines()[0])
+    traffic = plan_round_bytes(plan)
+    assert (traffic.down, traffic.up) == (first["bytes_down"], first["bytes_up"]) == (
+        329_052, 329_162,
+    )  # fmt: skip
+    assert plan.trainable_parameters == 60 * (2 * 64 + 2 * 64 * 4)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from smartfed.errors import ConfigError
 from smartfed.pool.adapter import load_lora_adapter
 from smartfed.pool.build import BuildRecipe, build_pool_module
+from smartfed.pool.pinning import adapter_digests
 from smartfed.pool.registry import PoolRegistry
 
 
@@ -66,6 +67,8 @@ def test_build_writes_a_peft_adapter_and_its_recipe(tmp_path, tiny_model_dir, ti
     registered = PoolRegistry([tmp_path / "pool" / "manifest.json"]).get("arith")
     assert registered.recipe["steps"] == 6 and registered.recipe["save_dtype"] == "float16"
     assert registered.recipe["final_loss"] < registered.recipe["initial_loss"]
+    assert registered.sha256 == adapter_digests(folder)  # pinned as written
+    assert set(registered.sha256) == {"adapter_config.json", "adapter_model.safetensors"}
     assert not folder.with_name("arith.build").exists()  # checkpoint removed once written
 
 

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 # setting keys the cache, so a new setting is safe by default: at worst a needless rebuild.
 _NOT_RUNTIME_KEYS = frozenset(
     {"num_rounds", "output_dir", "resume", "preset", "engine", "energy_country", "eval_every",
-     "metric_samples", "client_cpus", "client_gpus", "report_to"}
+     "metric_samples", "client_cpus", "client_gpus", "report_to",
+     # server-side aggregation only (the strategy and the method's server logic read them)
+     "aggregation", "trim_fraction", "krum_byzantine", "clip_update_norm"}
 )  # fmt: skip
 _CACHE: dict[str, Runtime] = {}
 
@@ -47,10 +49,12 @@ class Runtime:
     def __post_init__(self) -> None:
         config = self.config
         self.task = get_task(config.task)
+        # The pool first: a module whose files no longer match their pins is refused before
+        # the base model loads.
+        self.pool = load_pool(config.pool_items, PoolRegistry.default(config.pool_manifest))
         loaded, self.device = load_run_model(config)
         self.tokenizer = loaded.tokenizer
         self.model_source = loaded.source
-        self.pool = load_pool(config.pool_items, PoolRegistry.default(config.pool_manifest))
         # Router init and a fresh LoRA's A come from the run seed: every process builds the
         # same initial model, on the CPU whatever the device (CUDA would draw other numbers).
         seed_everything(config.seed)
@@ -214,13 +218,14 @@ def load_finished_run(
     ``device``: where it runs (default: auto, not the run's device: the hardware may differ);
     ``dtype``: the base model's precision (default: the run's ``--dtype``)."""
     run = RunDirectory(run_dir)
-    saved = run.read_config()
+    saved = run.read_config(flag="--run")
     saved.pop("smartfed_version", None)
     if dtype is not None:
         saved["dtype"] = dtype
     config = config_from_dict(saved, source=str(run.config_path))
-    loaded, target = load_run_model(config, model_override, device=device or "auto")
+    # The pool before the base model: changed (unpinned) modules are refused first.
     pool = load_pool(config.pool_items, PoolRegistry.default(pool_manifest or config.pool_manifest))
+    loaded, target = load_run_model(config, model_override, device=device or "auto")
     seed_everything(config.seed)  # FFA-LoRA's frozen A is rebuilt from the run seed
     method = build_method(config, loaded.model, pool)
     place_method(method, target, config)

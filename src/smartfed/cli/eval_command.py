@@ -96,6 +96,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from smartfed.evaluation.harness import load_eval_target, write_result
 
     benchmark = get_benchmark(args.benchmark)
+    if args.run_dir:  # a wrong --run fails first, before any data is read
+        from smartfed.engine.rundir import RunDirectory
+
+        RunDirectory(args.run_dir).read_config(flag="--run")
     settings = EvalSettings(
         limit=args.limit,
         data_dir=args.data_dir,

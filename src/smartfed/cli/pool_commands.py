@@ -1,4 +1,4 @@
-"""``smartfed pool list | show | validate``."""
+"""``smartfed pool list | show | validate | lock | build``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from smartfed.models import DEFAULT_MODEL, load_base_model
+from smartfed.errors import PoolError
+from smartfed.models import DEFAULT_MODEL
 from smartfed.pool import PoolRegistry, load_pool_module
 
 # Pipes and CI logs get 120 columns instead of rich's 80, so tables stay one line per row.
@@ -46,6 +47,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"base model to validate against (default: {DEFAULT_MODEL})",
     )
     p_val.set_defaults(func=cmd_validate)
+
+    p_lock = with_manifest(
+        pool_sub.add_parser(
+            "lock",
+            help="pin registered modules' files (sha256 in their manifest) after a deliberate "
+            "change",
+        )
+    )
+    p_lock.add_argument("names", nargs="+", metavar="NAME")
+    p_lock.set_defaults(func=cmd_lock)
 
     p_build = pool_sub.add_parser("build", help="train a LoRA pool module with PEFT")
     p_build.add_argument("name")
@@ -119,7 +130,8 @@ def _load(args: argparse.Namespace):
     registry = PoolRegistry.default(args.pool_manifest)
     if args.module in registry.entries and not registry.entries[args.module].is_available():
         return registry.entries[args.module], None
-    adapter, entry = load_pool_module(args.module, registry)
+    # Showing a module is how a changed one is inspected: the pins are reported, not enforced.
+    adapter, entry = load_pool_module(args.module, registry, verify_pins=False)
     return entry, adapter
 
 
@@ -150,6 +162,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
         for key, value in entry.recipe.items():
             console.print(f"  {'recipe.' + key:<15} {value}")
+        if entry.is_available():
+            from smartfed.pool.pinning import pin_status
+
+            console.print(f"  pinned          {pin_status(entry)}", soft_wrap=True)
     if adapter is not None:
         _print_adapter(adapter)
     else:
@@ -158,9 +174,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from smartfed.models.loading import resolve_model_source
+    from smartfed.models.meta import load_model_config, meta_base_model
+
     adapter, _ = load_pool_module(args.module, PoolRegistry.default(args.pool_manifest))
-    loaded = load_base_model(args.model)
-    adapter.validate_against(loaded.model)
+    # Module names and shapes are all validation needs: the model's config gives them on an
+    # empty (meta) model, so no weights are read and no tokenizer is needed.
+    model = meta_base_model(load_model_config(args.model), "float32")
+    adapter.validate_against(model)
     _print_adapter(adapter)
     per_target: dict[str, int] = {}
     for module_name in adapter.matrices:
@@ -168,10 +189,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
         per_target[short] = per_target.get(short, 0) + 1
     layers = ", ".join(f"{k}: {v} layers" for k, v in sorted(per_target.items()))
     console.print(
-        f"[green]OK[/green]: {len(adapter.matrices)} matrices fit {loaded.source.display_name} "
+        f"[green]OK[/green]: {len(adapter.matrices)} matrices fit "
+        f"{resolve_model_source(args.model).display_name} "
         f"({layers}); weights finite; {sum(m.rank for m in adapter.matrices.values())} "
         "rank-1 experts"
     )
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from smartfed.pool.pinning import lock_entry
+
+    registry = PoolRegistry.default(args.pool_manifest)
+    for name in args.names:
+        if name not in registry.entries:
+            known = ", ".join(registry.names()) or "none"
+            raise PoolError(
+                f"pool lock {name}: no registered module of that name (known: {known}; from "
+                f"{', '.join(str(m) for m in registry.manifests)}); a module is pinned in the "
+                "manifest that registers it"
+            )
+        # Only an adapter that loads as a plain LoRA and matches its record is pinned.
+        _, entry = load_pool_module(name, registry, verify_pins=False)
+        previous, pinned = lock_entry(entry)
+        files = ", ".join(f"{file} {digest[:12]}" for file, digest in sorted(pinned.items()))
+        what = "unchanged" if previous == pinned else "re-pinned" if previous else "pinned"
+        console.print(f"{what} {name}: {files} (in {entry.manifest})", soft_wrap=True)
     return 0
 
 

@@ -121,16 +121,19 @@ def resume_config(run_dir: str, hardware: dict[str, object] | None = None) -> Ru
 
 
 def check_inputs(config: RunConfig) -> None:
-    """Fail on bad task, data or pool names (or a --report_to backend that is not installed)
-    before any model is loaded."""
+    """Fail on bad task, data or pool names, a pool module whose files no longer match their
+    pins, an --output_dir that cannot be written (or a --report_to backend that is not
+    installed) before any model is loaded."""
     from smartfed.assembly.runtime import check_hardware
     from smartfed.data import load_examples
     from smartfed.data.tasks import get_task
+    from smartfed.engine.rundir import check_output_dir
     from smartfed.pool import PoolRegistry, resolve_pool_item
     from smartfed.telemetry.reporting import check_reporter
 
     check_reporter(config.report_to)
     check_hardware(config)  # --device cuda without CUDA, --load_in_4bit without bitsandbytes
+    check_output_dir(config.output_dir)  # an existing file, a read-only place
     logging.disable(logging.INFO)  # the run itself logs where its data comes from, once
     try:
         task = get_task(config.task)
@@ -141,7 +144,7 @@ def check_inputs(config: RunConfig) -> None:
             load_examples(dataset, split, data_dir=config.data_dir, limit=1)
         registry = PoolRegistry.default(config.pool_manifest)
         for item in config.pool_items:
-            resolve_pool_item(item, registry)
+            resolve_pool_item(item, registry)  # and checks a registered module's pins
     finally:
         logging.disable(logging.NOTSET)
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from smartfed.eeqa.allocation import allocate_quotas, uniform_quotas
-from smartfed.importance.aggregation import ema_update, weighted_mean
+from smartfed.importance.aggregation import combine_importance, ema_update
+from smartfed.robust import AggregationRule
 
 
 def update_importance(
@@ -18,12 +19,16 @@ def update_importance(
     client_importance: Sequence[np.ndarray],
     client_tokens: Sequence[int],
     beta: float,
+    rule: AggregationRule | None = None,
 ) -> np.ndarray | None:
-    """Token-weighted mean over clients, then EMA over rounds (DESIGN §1.3)."""
+    """Token-weighted mean over clients (or ``rule``'s robust combination), then EMA over
+    rounds (DESIGN §1.3)."""
     pairs = [(imp, tok) for imp, tok in zip(client_importance, client_tokens, strict=True) if tok]
     if not pairs:
         return previous_ema
-    current = weighted_mean([p[0] for p in pairs], [p[1] for p in pairs])
+    current = combine_importance(
+        [p[0] for p in pairs], [p[1] for p in pairs], rule or AggregationRule()
+    )
     return ema_update(previous_ema, current, beta)
 
 

@@ -14,8 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smartfed.data.tasks import get_task
+from smartfed.engine.privacy import ACCOUNTINGS as DP_ACCOUNTINGS
+from smartfed.engine.privacy import DEFAULT_ACCOUNTING as DEFAULT_DP_ACCOUNTING
+from smartfed.engine.privacy import DEFAULT_DELTA as DEFAULT_DP_DELTA
+from smartfed.engine.privacy import check_available as check_dp_available
 from smartfed.engine.settings import MethodSettings, Settings, setting
 from smartfed.errors import ConfigError
+from smartfed.robust import (
+    AGGREGATORS,
+    DEFAULT_KRUM_BYZANTINE,
+    DEFAULT_TRIM_FRACTION,
+    AggregationRule,
+)
 
 PARTITIONS = ("iid", "dirichlet", "natural")
 ENGINES = ("inprocess", "simulation")
@@ -32,6 +42,14 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 # 2 = shared settings + "method_settings" (the chosen method's block).
 CONFIG_FORMAT = 2
 DEFAULT_DIRICHLET_ALPHA = 0.5
+# SecAgg+ defaults (--secure_aggregation): every sampled client a neighbour of every other, two
+# thirds of the shares to rebuild a secret, Flower's own clipping and quantisation ranges.
+DEFAULT_SECAGG_NUM_SHARES = 1.0
+DEFAULT_SECAGG_RECONSTRUCTION_THRESHOLD = 0.67
+DEFAULT_SECAGG_CLIPPING_RANGE = 8.0
+DEFAULT_SECAGG_QUANTIZATION_RANGE = 2**22
+# SecAgg+ sums masked integers modulo 2**32 (Flower's modulus).
+SECAGG_MODULUS = 2**32
 
 
 @dataclass
@@ -62,6 +80,88 @@ class RunConfig(Settings):
         "precision of the tensors sent each way (the server averages and keeps float32; "
         "bfloat16 and float16 halve the bytes)",
         choices=WIRE_DTYPES,
+    )
+    # robust aggregation (smartfed.robust): of the payloads and of SmartFed's importance
+    aggregation: str = setting(
+        "fedavg",
+        "how the server combines clients' payloads and importance vectors: fedavg (weighted "
+        "mean), median, trimmed_mean (both coordinate-wise, unweighted) or krum",
+        choices=tuple(AGGREGATORS),
+    )
+    trim_fraction: float | None = setting(
+        None,
+        f"share of clients cut from each end, per coordinate (--aggregation trimmed_mean; "
+        f"default {DEFAULT_TRIM_FRACTION})",
+        above=0,
+        below=0.5,
+    )
+    krum_byzantine: int | None = setting(
+        None,
+        f"attackers f that Krum assumes; needs --sample_clients >= 2f + 3 (--aggregation krum; "
+        f"default {DEFAULT_KRUM_BYZANTINE})",
+        minimum=1,
+    )
+    clip_update_norm: float | None = setting(
+        None,
+        "scale each client's update (its payload minus the global state) down to this L2 norm "
+        "before aggregation, and its importance vector to a unit share (default: no clipping)",
+        above=0,
+    )
+    # secure aggregation (Flower's SecAgg+; federation/secure_aggregation.py)
+    secure_aggregation: bool = setting(
+        False,
+        "aggregate the clients' payloads with Flower's SecAgg+ protocol: the server learns only "
+        "their weighted sum, quantised (metrics stay in the clear)",
+    )
+    secagg_num_shares: float | None = setting(
+        None,
+        "SecAgg+: share of the sampled clients each client splits its secrets among "
+        f"(--secure_aggregation; default {DEFAULT_SECAGG_NUM_SHARES})",
+        above=0,
+        maximum=1,
+    )
+    secagg_reconstruction_threshold: float | None = setting(
+        None,
+        "SecAgg+: share of a client's shares needed to rebuild its secrets; higher is more "
+        f"private, lower tolerates more dropouts (--secure_aggregation; default "
+        f"{DEFAULT_SECAGG_RECONSTRUCTION_THRESHOLD})",
+        above=0,
+        maximum=1,
+    )
+    secagg_clipping_range: float | None = setting(
+        None,
+        "SecAgg+: every exchanged value must lie in [-R, R]; a client with a value outside "
+        f"fails the round (--secure_aggregation; default {DEFAULT_SECAGG_CLIPPING_RANGE:g})",
+        above=0,
+    )
+    secagg_quantization_range: int | None = setting(
+        None,
+        "SecAgg+: integer levels over [-R, R] (a step of 2R/levels); levels x sampled clients "
+        "must stay below 2**32 (--secure_aggregation; default "
+        f"{DEFAULT_SECAGG_QUANTIZATION_RANGE})",
+        minimum=1024,
+    )
+    # central differential privacy of the communicated arrays (engine/privacy.py)
+    dp_noise_multiplier: float | None = setting(
+        None,
+        "central DP: noise multiplier sigma; the server clips each client's update to "
+        "--dp_clip_norm C, averages over --sample_clients n and adds Gaussian noise of std "
+        "sigma*C/n (default: no DP)",
+        above=0,
+    )
+    dp_clip_norm: float | None = setting(
+        None, "central DP: L2 norm C each client's update is clipped to (needs it)", above=0
+    )
+    dp_delta: float | None = setting(
+        None, f"central DP: delta at which epsilon is reported (default {DEFAULT_DP_DELTA:g})",
+        above=0, below=1,
+    )  # fmt: skip
+    dp_accounting: str | None = setting(
+        None,
+        "central DP: how epsilon counts client sampling: without_replacement (what the server "
+        "does; replace-one), poisson (add/remove one, the usual approximation) or none (no "
+        f"amplification) (default {DEFAULT_DP_ACCOUNTING})",
+        choices=DP_ACCOUNTINGS,
     )
     # data split and evaluation
     partition: str = setting("iid", "how client data is split", choices=PARTITIONS)
@@ -138,6 +238,9 @@ class RunConfig(Settings):
                 f"--min_replies ({self.min_replies}) must not exceed --sample_clients "
                 f"({self.sample_clients})"
             )
+        self._check_aggregation()
+        self._check_secure_aggregation()
+        self._check_privacy()
         if self.partition == "iid":
             for name in ("dirichlet_alpha", "partition_field"):
                 if getattr(self, name) is not None:
@@ -168,6 +271,103 @@ class RunConfig(Settings):
             self.lora_pool = task.default_pool
         if not self.pool_items:
             raise ConfigError("--lora_pool must name at least one pool module")
+
+    def _check_aggregation(self) -> None:
+        """Knobs only where their aggregator reads them; enough sampled clients to act on."""
+        knobs = {"trim_fraction": ("trimmed_mean", DEFAULT_TRIM_FRACTION),
+                 "krum_byzantine": ("krum", DEFAULT_KRUM_BYZANTINE)}  # fmt: skip
+        for name, (aggregation, default) in knobs.items():
+            if self.aggregation != aggregation and getattr(self, name) is not None:
+                raise ConfigError(f"--{name} applies to --aggregation {aggregation} only")
+            if self.aggregation == aggregation and getattr(self, name) is None:
+                setattr(self, name, default)
+        rule = self.aggregation_rule
+        if self.sample_clients < rule.min_clients:
+            raise ConfigError(
+                f"--aggregation {rule.name} needs at least {rule.min_clients} sampled clients "
+                f"({rule.requirement}), got --sample_clients {self.sample_clients}"
+            )
+
+    def _check_secure_aggregation(self) -> None:
+        """SecAgg+ knobs only with --secure_aggregation; refuse what cannot compose with it."""
+        defaults = {
+            "secagg_num_shares": DEFAULT_SECAGG_NUM_SHARES,
+            "secagg_reconstruction_threshold": DEFAULT_SECAGG_RECONSTRUCTION_THRESHOLD,
+            "secagg_clipping_range": DEFAULT_SECAGG_CLIPPING_RANGE,
+            "secagg_quantization_range": DEFAULT_SECAGG_QUANTIZATION_RANGE,
+        }
+        if not self.secure_aggregation:
+            for name in defaults:
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"--{name} applies to --secure_aggregation only")
+            return
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        if self.sample_clients < 2:
+            raise ConfigError(
+                "--secure_aggregation needs at least 2 sampled clients (SecAgg+ hides each "
+                f"update in a sum), got --sample_clients {self.sample_clients}"
+            )
+        if self.wire_dtype != "float32":
+            raise ConfigError(
+                "--secure_aggregation sends quantised integers, not floats: --wire_dtype must "
+                f"be float32, got {self.wire_dtype}"
+            )
+        if self.aggregation != "fedavg" or self.clip_update_norm is not None:
+            flag = "--clip_update_norm" if self.aggregation == "fedavg" else "--aggregation"
+            raise ConfigError(
+                f"--secure_aggregation reveals only the weighted sum of the updates, so {flag} "
+                "(which needs each client's update) cannot be used with it"
+            )
+        levels = self.secagg_quantization_range * self.sample_clients
+        if levels >= SECAGG_MODULUS:
+            raise ConfigError(
+                f"--secagg_quantization_range ({self.secagg_quantization_range}) x "
+                f"--sample_clients ({self.sample_clients}) must stay below 2**32, or the "
+                "masked sum overflows"
+            )
+
+    def _check_privacy(self) -> None:
+        """DP knobs only with --dp_noise_multiplier; refuse what cannot compose with it."""
+        knobs = ("dp_clip_norm", "dp_delta", "dp_accounting")
+        if self.dp_noise_multiplier is None:
+            for name in knobs:
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"--{name} applies to --dp_noise_multiplier only")
+            return
+        if self.dp_clip_norm is None:
+            raise ConfigError("--dp_noise_multiplier needs --dp_clip_norm (the L2 bound C > 0)")
+        if self.aggregation != "fedavg" or self.clip_update_norm is not None:
+            flag = (
+                "--clip_update_norm"
+                if self.aggregation == "fedavg"
+                else f"--aggregation {self.aggregation}"
+            )
+            raise ConfigError(
+                f"--dp_noise_multiplier averages updates clipped to --dp_clip_norm; {flag} "
+                "does not compose with it (its noise is calibrated to that mean)"
+            )
+        if self.secure_aggregation:
+            raise ConfigError(
+                "--dp_noise_multiplier clips each client's update on the server, which "
+                "--secure_aggregation hides from it: use one or the other"
+            )
+        if self.dp_delta is None:
+            self.dp_delta = DEFAULT_DP_DELTA
+        if self.dp_accounting is None:
+            self.dp_accounting = DEFAULT_DP_ACCOUNTING
+        check_dp_available()
+
+    @property
+    def aggregation_rule(self) -> AggregationRule:
+        """The robust-aggregation settings as one value (the strategy and EEQA's importance)."""
+        return AggregationRule(
+            name=self.aggregation,
+            trim_fraction=self.trim_fraction or DEFAULT_TRIM_FRACTION,
+            krum_byzantine=self.krum_byzantine or DEFAULT_KRUM_BYZANTINE,
+            clip_update_norm=self.clip_update_norm,
+        )
 
     @property
     def pool_items(self) -> list[str]:

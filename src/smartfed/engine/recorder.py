@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smartfed import __version__
+from smartfed.engine.privacy import CentralPrivacy
 from smartfed.engine.rundir import RunDirectory, ServerState
 from smartfed.errors import ConfigError
 from smartfed.models import dtype_name, model_device, model_dtype
@@ -61,6 +62,8 @@ class RoundReport:
     round_config: dict = field(default_factory=dict)  # the method's round config it used
     client_eval: dict[str, float] | None = None  # clients' own evaluation, if the method has one
     bytes_eval: int = 0  # that evaluation's traffic (not training communication)
+    # --clip_update_norm: each usable client's update norm, before clipping
+    update_norms: dict[int, float] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
 
@@ -117,6 +120,8 @@ class RunRecorder:
         self.resumed = resumed is not None
         self.rounds_done = resumed.round if resumed else 0
         self._write_setup(partitions)
+        # Central DP (or None), with the run's secret noise key from (or into) the run directory.
+        self.privacy = CentralPrivacy.from_config(config, key_dir=self.run_dir.path)
         # Metrics rows past the last complete checkpoint belong to a round that did not finish.
         self.rows = [
             r for r in self.run_dir.read_metrics() if r.get("round", 0) <= self.rounds_done
@@ -225,7 +230,10 @@ class RunRecorder:
             "dropped_clients": {str(k): v for k, v in report.dropped.items()},
             "step_time_s": report.step_time_s,
             **self.server_logic.round_fields(report.round_config),
+            **(self.privacy.round_fields(absolute) if self.privacy else {}),  # ε spent so far
         }
+        if self.config.clip_update_norm is not None:  # the norms C was compared with
+            row["update_norms"] = {str(k): v for k, v in report.update_norms.items()}
         if self.is_eval_round(absolute) and self.method.evaluates_on_clients:
             row.update(_eval_row(report.client_eval or {}))
             row["bytes_eval"] = report.bytes_eval  # evaluation traffic, not in bytes_up/down
@@ -321,6 +329,9 @@ class RunRecorder:
             "trainable_parameters": method.num_trainable_parameters(),
             "communicated_parameters": sum(t.numel() for t in method.global_state().values()),
             "wire_dtype": self.config.wire_dtype,  # the precision those values travelled in
+            "aggregation": self.config.aggregation_rule.describe(),  # and how they were combined
+            # Central DP: ε after these rounds, the mechanism, and what ε does not cover.
+            "privacy": self.privacy.describe(len(rows)) if self.privacy else None,
             # Where the model ran and the precision of its base weights (config.json has the
             # requested --device, e.g. "auto").
             "device": str(model_device(method.model)),
@@ -356,6 +367,7 @@ def dashboard_metrics(
         "energy/kwh_total": row.get("energy_kwh"),  # cumulative; None: not measured
         "time/round_s": row.get("wall_s"),
         "time/step_s": row.get("step_time_s"),
+        "privacy/epsilon": row.get("dp_epsilon"),  # central DP: spent so far
     }
     for tag, value in sources.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -392,6 +404,8 @@ def print_round(row: dict[str, Any], num_rounds: int) -> None:
     ]
     if row.get("quotas"):
         parts.append(f"K {min(row['quotas'])}-{max(row['quotas'])}")
+    if "dp_epsilon" in row:
+        parts.append(f"eps {row['dp_epsilon']:.3g} (delta {row['dp_delta']:g})")
     if row["dropped_clients"]:
         parts.append(f"dropped {len(row['dropped_clients'])}")
     print(" | ".join(parts), flush=True)

@@ -17,8 +17,10 @@ once complete, so a crash (even ``kill -9``) leaves the last complete round inta
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,38 @@ class ServerState:
         }
 
 
+def check_output_dir(path: str | Path, flag: str = "--output_dir") -> None:
+    """Refuse, in one line naming ``flag``, a run directory that cannot be written: an existing
+    file, a path through a file, or a place where no folder can be created or written (read-only,
+    no permission, /proc, ...). Tried for real, then undone: leaves nothing behind."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{flag} {path}: that is an existing file, not a folder")
+    missing = [p for p in (target, *target.parents) if not p.exists()]  # deepest first
+    blocking = next((p for p in target.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"{flag} {path}: {blocking} is a file, so no folder can be made in it")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".smartfed-write-check-", dir=target)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ConfigError(
+            f"{flag} {path}: cannot create or write a folder there: "
+            f"{exc.strerror or type(exc).__name__}{where}"
+        ) from None
+    finally:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue  # never made: mkdir failed below it
+            except OSError:
+                break  # no longer empty (someone else's): keep it and what is above it
+
+
 class RunDirectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -77,12 +111,20 @@ class RunDirectory:
     def write_json(self, name: str, obj: Any) -> None:
         write_json_atomic(self.path / name, obj)
 
-    def read_config(self) -> dict[str, Any]:
+    def read_config(self, flag: str = "--resume") -> dict[str, Any]:
+        """The run's config.json; ``flag`` is the option that named this folder, for errors."""
+        if not self.path.is_dir():
+            what = "a file" if self.path.exists() else "no such folder"
+            raise ConfigError(f"{flag} {self.path}: {what}; expected a SmartFed run directory")
         try:
             return json.loads(self.config_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(
-                f"--resume {self.path}: no config.json there (not a SmartFed run directory)"
+                f"{flag} {self.path}: no config.json there (not a SmartFed run directory)"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"{flag} {self.path}: cannot read config.json: {exc.strerror or exc}"
             ) from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{self.config_path} is not valid JSON: {exc}") from None

@@ -220,7 +220,7 @@ class LossBenchmark(Benchmark):
             from smartfed.data.tasks import get_task
             from smartfed.engine.rundir import RunDirectory
 
-            task = get_task(RunDirectory(settings.run_dir).read_config()["task"])
+            task = get_task(RunDirectory(settings.run_dir).read_config("--run")["task"])
             return task.eval_dataset, settings.split or task.eval_split
         return LOSS_DEFAULT_DATA, settings.split or LOSS_DEFAULT_SPLIT
 

@@ -68,6 +68,14 @@ def load_eval_target(
     if run_dir:
         return _load_run(run_dir, model_name_or_path, pool_manifest, device, dtype)
 
+    lora = None
+    if adapter or pool_module:
+        from smartfed.pool import PoolRegistry, load_pool_module
+
+        # Before the base model: a missing, unreadable or changed (unpinned) module fails first.
+        registry = PoolRegistry.default(pool_manifest)
+        item = pool_module or adapter
+        lora, _ = load_pool_module(item, registry)  # validates the folder with a clear error
     target = resolve_device(device or "auto")
     loaded = load_base_model(
         model_name_or_path or DEFAULT_MODEL, dtype=dtype or "float32", device=target
@@ -80,22 +88,15 @@ def load_eval_target(
         "dtype": dtype or "float32",
     }
     model = loaded.model
-    if adapter or pool_module:
+    if lora is not None:
         from peft import PeftModel
 
-        from smartfed.pool import PoolRegistry
-        from smartfed.pool.pool import load_pool_module, resolve_pool_item
-
-        registry = PoolRegistry.default(pool_manifest)
-        item = pool_module or adapter
-        lora, _ = load_pool_module(item, registry)  # validates the folder with a clear error
         lora.validate_against(model)
-        _, source, _ = resolve_pool_item(item, registry)
-        model = PeftModel.from_pretrained(model, source).merge_and_unload()
+        model = PeftModel.from_pretrained(model, lora.source).merge_and_unload()
         description.update(
             kind="pool_module" if pool_module else "adapter",
-            adapter=item,
-            adapter_source=str(source),
+            adapter=pool_module or adapter,
+            adapter_source=str(lora.source),
             adapter_fingerprint=lora.fingerprint(),
         )
     model.eval()

@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from smartfed.assembly.runtime import get_runtime
 from smartfed.engine.evaluation import evaluate_loss
 from smartfed.engine.training import client_seed, train_local
+from smartfed.federation.secure_aggregation import secure_aggregation_mod
 from smartfed.federation.settings import PARTITION_ID, from_run_config
 from smartfed.federation.wire import from_wire, to_wire
 from smartfed.telemetry.progress import client_progress
@@ -23,7 +24,8 @@ app = ClientApp()
 LOCAL_STATE_KEY = "smartfed-local-state"
 
 
-@app.train()
+# Plain rounds pass through the mod; SecAgg+ rounds (--secure_aggregation) go through Flower's.
+@app.train(mods=[secure_aggregation_mod])
 def train(msg: Message, context: Context) -> Message:
     config = from_run_config(context.run_config, context.node_config)
     runtime = get_runtime(config)

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -111,11 +111,17 @@ class InProcessGrid(Grid):
     def _training_progress(self, messages: list[Message]) -> AbstractContextManager:
         """One bar over a round's training (sampled clients × local steps); the clients run
         here, in turn, and advance it."""
-        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        # Messages that train carry a state (SecAgg+'s key-exchange steps carry none).
+        train = [
+            m
+            for m in messages
+            if m.metadata.message_type == MessageType.TRAIN
+            and any(isinstance(record, ArrayRecord) for record in m.content.values())
+        ]
         if not train or not isinstance(self._local_steps, int):
             return nullcontext()
-        config = train[0].content.get("config")
-        server_round = config.get("server-round") if config is not None else None
+        configs = [r for r in train[0].content.values() if isinstance(r, ConfigRecord)]
+        server_round = next((c["server-round"] for c in configs if "server-round" in c), None)
         label = f"round {server_round}/{self._num_rounds}" if server_round else "training"
         return round_progress(label, total=len(train) * self._local_steps)
 

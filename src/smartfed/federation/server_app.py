@@ -54,7 +54,13 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
             evaluation = _evaluate(runtime, global_state, report.round_config)
         recorder.record_round(report, global_state, evaluation)
 
-    strategy = SmartFedStrategy(
+    strategy_class = SmartFedStrategy
+    if config.secure_aggregation:  # Flower's SecAgg+ for the training exchange
+        from smartfed.federation.secure_aggregation import SecureAggregationStrategy
+
+        sizes = (len(partition) for partition in runtime.partitions)
+        strategy_class = SecureAggregationStrategy.for_config(config, sizes)
+    strategy = strategy_class(
         num_clients=config.num_clients,
         sample_clients=config.sample_clients,
         min_replies=config.min_replies,
@@ -64,6 +70,8 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
         round_offset=recorder.rounds_done,
         client_eval_rounds=recorder.is_eval_round if method.evaluates_on_clients else None,
         wire_dtype=config.wire_dtype,
+        aggregation=config.aggregation_rule,
+        privacy=recorder.privacy,
     )
     global_state = resumed.global_state if resumed else runtime.initial_global_state
     with recorder.measuring_energy():

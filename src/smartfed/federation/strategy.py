@@ -11,6 +11,12 @@ On top of FedAvg it
 - sends the method's round config with the global state (SmartFed: the quota table);
 - drops clients that failed or returned non-finite values, with the reason logged, and fails the
   round with a clear message when fewer than ``min_replies`` usable replies remain;
+- combines the usable replies with the run's ``--aggregation`` (FedAvg, or Flower's FedMedian,
+  FedTrimmedAvg or Krum), after clipping each update with ``--clip_update_norm``
+  (:mod:`.robust`);
+- under central DP (``--dp_noise_multiplier``), replaces that mean by the clipped, noised one
+  of :mod:`smartfed.engine.privacy` and samples clients from the run's secret DP key
+  (:mod:`.privacy`);
 - hands the usable replies' metrics to the method's :class:`ServerLogic` (SmartFed: importance
   aggregation and EEQA for the next round);
 - where the method evaluates on clients (FedSA-LoRA's personalised models), runs Flower's
@@ -38,11 +44,15 @@ from flwr.serverapp.strategy import FedAvg
 
 from smartfed.engine.evaluation import loss_metrics
 from smartfed.engine.method import ServerLogic
+from smartfed.engine.privacy import CentralPrivacy
 from smartfed.engine.recorder import RoundReport
 from smartfed.engine.training import is_finite_update
 from smartfed.errors import SmartFedError
+from smartfed.federation.privacy import private_aggregate
+from smartfed.federation.robust import clip_replies, payload_aggregator
 from smartfed.federation.settings import PARTITION_ID
 from smartfed.federation.wire import as_float32, recast
+from smartfed.robust import AggregationRule
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,8 @@ class SmartFedStrategy(FedAvg):
         node_wait_s: float = 600.0,
         client_eval_rounds: Callable[[int], bool] | None = None,
         wire_dtype: str = "float32",
+        aggregation: AggregationRule | None = None,
+        privacy: CentralPrivacy | None = None,
     ):
         flower_log = logging.getLogger("flwr")
         level = flower_log.level
@@ -100,6 +112,10 @@ class SmartFedStrategy(FedAvg):
         self.client_eval_rounds = client_eval_rounds
         self.on_round_end = on_round_end
         self.wire_dtype = wire_dtype
+        self.aggregation = aggregation or AggregationRule()
+        self._payload_aggregator = payload_aggregator(self.aggregation)
+        self._round_global: ArrayRecord | None = None  # the state this round sent (float32)
+        self.privacy = privacy  # central DP, or None
         self._report: RoundReport | None = None  # the round in progress
         # Node ids in partition order, for the node ids they were asked for.
         self._asked: list[int] = []
@@ -164,11 +180,14 @@ class SmartFedStrategy(FedAvg):
     ) -> Iterable[Message]:
         absolute = self.absolute_round(server_round)
         node_ids = self._in_partition_order(grid, self._wait_for_nodes(grid))
-        rng = np.random.default_rng([self.seed, absolute])
+        # Under DP the sample must be secret, like the noise: drawn from the run's DP key.
+        seed = self.privacy.sampling_seed(absolute) if self.privacy else [self.seed, absolute]
+        rng = np.random.default_rng(seed)
         drawn = rng.choice(len(node_ids), self.sample_clients, replace=False)
         chosen = [node_ids[i] for i in sorted(int(d) for d in drawn)]
         extra = self.server_logic.round_config()
         config = ConfigRecord({**dict(config), **extra, "server-round": absolute})
+        self._round_global = arrays
         arrays = recast(arrays, self.wire_dtype)
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         report = RoundReport(server_round=absolute, sampled=chosen, round_config=extra)
@@ -212,7 +231,10 @@ class SmartFedStrategy(FedAvg):
                 f"(dropped: {'; '.join(f'{n}: {r}' for n, r in sorted(report.dropped.items()))})"
             )
 
-        arrays, metrics = super().aggregate_train(server_round, usable)
+        arrays, metrics = self._aggregate_payloads(server_round, usable)
+        if self.privacy is not None:  # DP's clipped, noised mean replaces FedAvg's
+            assert self._round_global is not None, "configure_train sets the round's state"
+            arrays = private_aggregate(self.privacy, absolute, self._round_global, usable)
         metric_records = [reply.content["metrics"] for reply in usable]
         weights = np.array([m["num-examples"] for m in metric_records], dtype=np.float64)
         report.train_loss = float(
@@ -221,6 +243,24 @@ class SmartFedStrategy(FedAvg):
         report.step_time_s = float(np.mean([m["step-time-s"] for m in metric_records]))
         self.server_logic.aggregate(metric_records, absolute)
         return arrays, metrics
+
+    def _aggregate_payloads(
+        self, server_round: int, usable: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """``--clip_update_norm`` on every update, then ``--aggregation``'s Flower strategy."""
+        absolute = self.absolute_round(server_round)
+        rule = self.aggregation
+        if len(usable) < rule.min_clients:
+            raise RoundFailed(
+                f"round {absolute}: {len(usable)} usable client replies, --aggregation "
+                f"{rule.name} needs at least {rule.min_clients} ({rule.requirement})"
+            )
+        if rule.clip_update_norm is not None:
+            assert self._round_global is not None, "configure_train sets the round's state"
+            self._current(absolute).update_norms = clip_replies(
+                usable, self._round_global, rule.clip_update_norm, absolute
+            )
+        return self._payload_aggregator.aggregate_train(server_round, usable)
 
     # ------------------------------------------------------------------ client-side evaluation
     def configure_evaluate(

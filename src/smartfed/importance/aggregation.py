@@ -7,6 +7,12 @@ all tokens had been scored in one place. The round's estimate is noisy (only a f
 sampled per round), so it is smoothed over rounds with an exponential moving average before it
 drives EEQA.
 
+With a robust ``--aggregation`` (:mod:`smartfed.robust`) the clients' vectors are combined by
+that rule instead of the token-weighted mean (:func:`combine_importance`): one client inflating
+its importance to grab EEQA's quota budget is then outvoted. Under ``--clip_update_norm`` each
+client's vector is first scaled to sum 1, its share of the split (EEQA's allocation depends on
+the ratios only), so no client moves the split by more than its weight in the mean.
+
 Malformed reports are programming or protocol errors and raise ``ValueError``; an invalid ``beta``
 is a configuration value and raises ``ConfigError``.
 """
@@ -19,8 +25,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from smartfed.errors import ConfigError
+from smartfed.robust import AggregationRule
 
-__all__ = ["ema_update", "weighted_mean"]
+__all__ = ["combine_importance", "ema_update", "weighted_mean"]
 
 
 def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -66,6 +73,22 @@ def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.
     scaled = w / peak
     norm = scaled / scaled.sum()
     return np.tensordot(norm, np.stack(arrays), axes=1)
+
+
+def combine_importance(
+    values: Sequence[np.ndarray], weights: Sequence[float], rule: AggregationRule
+) -> np.ndarray:
+    """The clients' importance combined by ``rule`` (``fedavg``: :func:`weighted_mean`).
+
+    Under ``rule.clip_update_norm`` every vector is scaled to sum 1 first (an all-zero one stays
+    zero). Raises ``ValueError`` on the inputs :func:`weighted_mean` refuses."""
+    weighted_mean(values, weights)  # validates: shapes, finite values, usable weights
+    stacked = np.stack([np.asarray(v, dtype=np.float64) for v in values])
+    if rule.clip_update_norm is not None:
+        totals = stacked.reshape(len(stacked), -1).sum(axis=1)
+        shape = (-1,) + (1,) * (stacked.ndim - 1)
+        stacked = stacked / np.where(totals > 0, totals, 1.0).reshape(shape)
+    return rule.reduce(stacked, np.asarray(weights, dtype=np.float64))
 
 
 def ema_update(previous: np.ndarray | None, current: np.ndarray, beta: float = 0.7) -> np.ndarray:

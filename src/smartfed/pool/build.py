@@ -3,7 +3,8 @@
 The output is an ordinary PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
 optionally stored in float16/bfloat16 to halve its size) plus a manifest entry whose ``recipe``
 records how it was made (data, steps, hyper-parameters, initial and final loss, base model
-fingerprint), so every committed or shared module can be rebuilt with the same command.
+fingerprint), so every committed or shared module can be rebuilt with the same command, and
+whose ``sha256`` pins the written files (:mod:`smartfed.pool.pinning`).
 
 Training checkpoints (adapter weights, optimizer state, step, losses, the recipe) are written
 atomically every ``checkpoint_every`` steps to ``<output>.build/``; running the same build again
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from smartfed import __version__
 from smartfed.errors import ConfigError
+from smartfed.pool.pinning import adapter_digests
 from smartfed.pool.registry import PoolEntry, add_manifest_entry, user_manifest_path
 from smartfed.utils.io import write_dir_atomic, write_json_atomic
 
@@ -305,6 +307,7 @@ def build_pool_module(
         alpha=recipe.alpha,
         recipe=recipe_record,
         manifest=str(manifest),
+        sha256=adapter_digests(output),  # pinned: a later change to the files is refused
     )
     add_manifest_entry(manifest, entry)
     checkpoint.remove()

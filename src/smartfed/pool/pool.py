@@ -17,6 +17,7 @@ from torch import nn
 
 from smartfed.errors import PoolError
 from smartfed.pool.adapter import LoraAdapter, load_lora_adapter
+from smartfed.pool.pinning import check_pins
 from smartfed.pool.registry import PoolEntry, PoolRegistry
 
 
@@ -105,8 +106,13 @@ def _check_against_entry(adapter: LoraAdapter, entry: PoolEntry) -> None:
         )
 
 
-def resolve_pool_item(item: str, registry: PoolRegistry) -> tuple[str, str, PoolEntry | None]:
-    """Map one pool item (a registry name, a local folder or a hub id) to (name, source, entry)."""
+def resolve_pool_item(
+    item: str, registry: PoolRegistry, *, verify_pins: bool = True
+) -> tuple[str, str, PoolEntry | None]:
+    """Map one pool item (a registry name, a local folder or a hub id) to (name, source, entry).
+
+    A registered module's files must match the digests its manifest pins
+    (:mod:`smartfed.pool.pinning`); ``verify_pins=False`` is for inspecting one."""
     if item in registry.entries:
         entry = registry.entries[item]
         if not entry.is_available():
@@ -115,6 +121,8 @@ def resolve_pool_item(item: str, registry: PoolRegistry) -> tuple[str, str, Pool
                 f"missing: expected a PEFT adapter folder at {entry.resolved_source()} "
                 f"(recipe: {entry.recipe.get('how', 'unknown')})"
             )
+        if verify_pins:
+            check_pins(entry)
         return item, entry.resolved_source(), entry
     path = Path(item).expanduser()
     if path.exists():
@@ -125,9 +133,11 @@ def resolve_pool_item(item: str, registry: PoolRegistry) -> tuple[str, str, Pool
     raise AssertionError("unreachable")
 
 
-def load_pool_module(item: str, registry: PoolRegistry) -> tuple[LoraAdapter, PoolEntry | None]:
+def load_pool_module(
+    item: str, registry: PoolRegistry, *, verify_pins: bool = True
+) -> tuple[LoraAdapter, PoolEntry | None]:
     """Resolve one pool item, load its adapter and check it against its manifest record."""
-    name, source, entry = resolve_pool_item(item, registry)
+    name, source, entry = resolve_pool_item(item, registry, verify_pins=verify_pins)
     adapter = load_lora_adapter(source, name=name)
     if entry is not None:
         _check_against_entry(adapter, entry)

@@ -9,12 +9,18 @@ A manifest is a JSON file::
                     "base_model": "smollm2-135m-instruct",
                     "target_modules": ["q_proj", "v_proj"],
                     "rank": 32, "alpha": 64,
-                    "recipe": {...}}}}              # how it was made (data, steps, loss, ...)
+                    "recipe": {...},                # how it was made (data, steps, loss, ...)
+                    "sha256": {"adapter_config.json": "9f2c...",       # the pinned files
+                               "adapter_model.safetensors": "04ab..."}}}}
 
 The package ships one manifest (``smartfed/pool/manifest.json``) for the seed's names. Users add
 their own with ``--pool_manifest FILE`` or ``$SMARTFED_POOL_MANIFEST``; their entries override the
 built-in ones of the same name. ``smartfed pool build`` registers what it builds in the user's
 manifest (:func:`user_manifest_path`), which every registry reads.
+
+``sha256`` pins a local module's files (:mod:`smartfed.pool.pinning`): a module whose files no
+longer match is refused before any model loads, and so is a local module with no pins at all
+(``smartfed pool lock NAME`` pins it). Hub sources (``hf://``) are not pinned.
 
 This module only reads and writes manifests; it never imports the trainer
 (:mod:`smartfed.pool.build`), which imports it.
@@ -34,6 +40,9 @@ from smartfed.utils.io import write_json_atomic
 BUILTIN_MANIFEST = Path(__file__).with_name("manifest.json")
 MANIFEST_ENV = "SMARTFED_POOL_MANIFEST"
 HUB_PREFIX = "hf://"  # manifest sources starting with this are hub ids, others are paths
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+PINNABLE_FILES = (ADAPTER_CONFIG, *ADAPTER_WEIGHTS)  # the files PEFT reads from an adapter folder
 _REQUIRED = {
     "source": str,
     "skill": str,
@@ -55,6 +64,7 @@ class PoolEntry:
     alpha: float
     recipe: dict[str, Any] = field(default_factory=dict)
     manifest: str = ""
+    sha256: dict[str, str] = field(default_factory=dict)  # file name in the folder -> digest
 
     @property
     def is_hub(self) -> bool:
@@ -77,7 +87,27 @@ class PoolEntry:
         data = asdict(self)
         data.pop("name")
         data.pop("manifest")
+        if not data["sha256"]:
+            data.pop("sha256")
         return data
+
+
+def _parse_digests(path: Path, name: str, raw: Any) -> dict[str, str]:
+    where = f"pool manifest {path}: modules.{name}.sha256"
+    if not isinstance(raw, dict):
+        raise PoolError(f"{where} must be an object mapping file names to sha256 digests")
+    for file, digest in raw.items():
+        if file not in PINNABLE_FILES:
+            raise PoolError(f"{where} names '{file}'; only {', '.join(PINNABLE_FILES)} are pinned")
+        if not (
+            isinstance(digest, str)
+            and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest)
+        ):
+            raise PoolError(
+                f"{where}.{file} must be a 64-digit lowercase hex sha256, got {digest!r}"
+            )
+    return dict(raw)
 
 
 def _parse_manifest(path: Path) -> dict[str, PoolEntry]:
@@ -119,6 +149,7 @@ def _parse_manifest(path: Path) -> dict[str, PoolEntry]:
             alpha=float(item["alpha"]),
             recipe=recipe,
             manifest=str(path),
+            sha256=_parse_digests(path, name, item.get("sha256", {})),
         )
     return entries
 
@@ -175,3 +206,15 @@ def add_manifest_entry(manifest: str | Path, entry: PoolEntry) -> None:
         data.setdefault("modules", {})
     data["modules"][entry.name] = entry.to_json()
     write_json_atomic(path, data)
+
+
+def set_manifest_digests(manifest: str | Path, name: str, digests: dict[str, str]) -> None:
+    """Replace the ``sha256`` pins of module ``name`` in ``manifest``, written atomically; every
+    other field and module is kept as it is."""
+    path = Path(manifest)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["modules"][name]["sha256"] = dict(sorted(digests.items()))
+    try:
+        write_json_atomic(path, data)
+    except OSError as exc:
+        raise PoolError(f"cannot write pool manifest {path}: {exc.strerror or exc}") from None

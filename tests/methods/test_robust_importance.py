@@ -1,0 +1,38 @@
+"""SmartFed's server logic combines the clients' importance with the run's --aggregation: an
+inflated vector grabs EEQA's quota budget under FedAvg, not under the robust rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smartfed.methods.smartfed import QuotaLogic, SmartFedSettings
+from smartfed.robust import AggregationRule
+
+CAPACITIES = np.array([8, 8, 8, 8])
+HONEST = [
+    {"importance": [3.0 * f, 2.0 * f, 3.0 * f, 4.0 * f], "tokens": 100}
+    for f in (1.0, 1.1, 0.9, 1.05)
+]
+INFLATED = {"importance": [1e6, 0.0, 0.0, 0.0], "tokens": 100}
+
+
+def _quotas(rule: AggregationRule, metrics: list[dict]) -> list[int]:
+    logic = QuotaLogic(CAPACITIES, SmartFedSettings(topk_experts=3), 3, rule)
+    logic.aggregate(metrics, completed_round=1)  # after the warm-up round: EEQA allocates
+    return logic.quotas.tolist()
+
+
+def test_inflated_importance_grabs_the_budget_under_fedavg():
+    assert _quotas(AggregationRule(), HONEST) == [3, 2, 3, 4]
+    assert _quotas(AggregationRule(), [INFLATED, *HONEST]) == [8, 1, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed_mean", "krum"])
+def test_robust_rules_keep_the_honest_quotas(name):
+    assert _quotas(AggregationRule(name=name), [INFLATED, *HONEST]) == [3, 2, 3, 4]
+
+
+def test_clipping_bounds_the_inflating_client_to_its_share():
+    """Unit shares: the attacker moves the split by its 1/5, no more (matrix 0: 0.25 -> 0.4)."""
+    assert _quotas(AggregationRule(clip_update_norm=1.0), [INFLATED, *HONEST]) == [5, 2, 2, 3]
