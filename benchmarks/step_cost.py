@@ -101,8 +101,9 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from smartfed.assembly.config import gather
+from smartfed.assembly.config import gather, method_settings_index
 from smartfed.methods import build_method
+from smartfed.methods.smartfed import DEFAULT_TOP_K
 from smartfed.models import (
     DEFAULT_MODEL,
     autocast,
@@ -715,8 +716,13 @@ def demo_pool(ctx: Context) -> tuple[str, LoraPool, str]:
 def suite_methods(ctx: Context, probe: MemoryProbe) -> dict[str, Any]:
     lora_pool, pool, pool_note = demo_pool(ctx)
     variants = [base_variant(ctx)]
+    # The default K (32) on a small pool is refused (above every matrix's M): cap it at the
+    # largest M, which selects the same experts, for the methods that have a K.
+    largest = max(pool.capacity(name) for name in pool.module_names())
+    with_k = method_settings_index().get("topk_experts", [])
     for method in ctx.args.methods:
-        variants.append(method_variant(ctx, method, method, method, lora_pool, pool))
+        settings = {"topk_experts": min(DEFAULT_TOP_K, largest)} if method in with_k else {}
+        variants.append(method_variant(ctx, method, method, method, lora_pool, pool, **settings))
     records = measure(ctx, probe, "methods", variants)
     return {"pool": pool_note, "variants": records}
 
