@@ -299,4 +299,5 @@ def test_methods_listing_shows_every_design_with_its_formula(capsys):
     for name in DESIGNS:
         first_line = get_router(name).__doc__.strip().splitlines()[0]
         assert any(line.startswith(name + " ") and first_line in line for line in lines), name
-    assert "--router_rank unset" in out  # linear, the default design, has no rank
+    # SmartFed's default design, diag_lowrank, has a rank; MoLE's (linear) has none.
+    assert "--router diag_lowrank" in out and "--router_rank 4" in out
