@@ -104,6 +104,23 @@ def test_app_bundle_is_small():
 
 
 # ---------------------------------------------------------------------------- deployment
+def flower_env() -> dict[str, str]:
+    """The environment of the Flower processes a test starts: no inherited FLWR_* or run
+    config, this venv's flwr-serverapp / flwr-clientapp first on PATH, offline, one thread."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLWR_")}
+    env.pop("SMARTFED_RUN_CONFIG", None)
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # flwr-serverapp / flwr-clientapp
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
 def _free_ports(count: int) -> list[int]:
     sockets = []
     try:
@@ -222,17 +239,7 @@ def test_two_rounds_on_a_real_superlink_and_two_supernodes(tiny_run_config, tmp_
     work = tmp_path / "flower"
     work.mkdir()
     superlink_port, node0_port, node1_port = _free_ports(3)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FLWR_")}
-    env.pop("SMARTFED_RUN_CONFIG", None)
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # flwr-serverapp / flwr-clientapp
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
+    env = flower_env()
     homes = {name: work / f"home-{name}" for name in ("superlink", "node0", "node1", "cli")}
     for home in homes.values():
         home.mkdir()

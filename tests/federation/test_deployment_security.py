@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from .test_deployment import (
     _Processes,
     _toml_value,
     _wait_for_port,
+    flower_env,
 )
 from .test_secure_aggregation import largest_difference, round_state, rows, worst_case_tolerance
 
@@ -112,17 +112,7 @@ class Federation:
         self.work = work
         self.tls = tls
         self.port = _free_ports(1)[0]
-        env = {key: value for key, value in os.environ.items() if not key.startswith("FLWR_")}
-        env.pop("SMARTFED_RUN_CONFIG", None)
-        env.update(
-            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # flwr-serverapp / flwr-clientapp
-            FLWR_TELEMETRY_ENABLED="0",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-            TOKENIZERS_PARALLELISM="false",
-            HF_HUB_OFFLINE="1",
-            OMP_NUM_THREADS="1",
-            PYTHONUNBUFFERED="1",
-        )
+        env = flower_env()
         self.env = env
         self.procs = _Processes(work, env)
         self.services: list[subprocess.Popen] = []  # must stay up: the SuperLink and nodes
