@@ -41,10 +41,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The seed's composition (Chinese math from a Chinese-chat and an English-math module),
     # sized for a few minutes on 2 CPU cores with the committed pool modules and bundled data,
-    # and small enough that `smartfed bench --preset demo` can run every method.
+    # and small enough that `smartfed bench --preset demo` can run every method. No pool here:
+    # the task's own (cn_math: cn_chat,en_math), so `--task math_code` gets en_math,en_code.
     "demo": dict(
         task="cn_math",
-        lora_pool="cn_chat,en_math",
         num_clients=8,
         sample_clients=2,
         num_rounds=4,

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Reference results: every method tuned on validation data over a grid of the same size (three
+# learning rates; `--sweep`, the test split is never read), then its chosen value run with seeds
+# 0, 1, 2 on 128 held-out test items. Merge has nothing to tune. Resumable: rerun the same command
+# after an interruption; finished runs are skipped and an interrupted one resumes. Results land in
+# benchmarks/results/reference/TASK/ENTRY/; the tables and plots come from
+#   .venv/bin/python benchmarks/reference_table.py TASK
+#
+#   benchmarks/reference.sh [TASK] [ENTRY ...]     e.g. benchmarks/reference.sh cn_math fedit smartfed
+#
+# Budget per task: 8 entries x 3 grid points + 9 entries x 3 seeds = 51 demo-sized runs (merge
+# runs 3 seeds, nothing to tune), 1.5-15 min each on 2 shared CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TASK=${1:-cn_math}
+shift || true
+DATA_DIR=${DATA_DIR:-../shared/data}
+SMARTFED=${SMARTFED:-.venv/bin/smartfed}
+OUT=${OUT:-benchmarks/results/reference}/$TASK
+SEEDS=${SEEDS:-0,1,2}
+COMMON=(--preset demo --task "$TASK" --data_dir "$DATA_DIR" --seeds "$SEEDS" --eval_samples 128
+  --no_report)
+case $TASK in
+  cn_math) POOL_OLD=cn_chat,en_math ;;
+  math_code) POOL_OLD=en_math,en_code ;;
+  *) echo "reference.sh: no pool for task $TASK" >&2; exit 2 ;;
+esac
+POOL=${POOL:-$POOL_OLD}
+
+FRESH_GRID=5e-4,2e-3,1e-2   # fresh LoRA (FedIT's best at 5e-4 or 2e-3 on both tasks)
+B_ONLY_GRID=2e-3,1e-2,5e-2  # FFA-LoRA trains B only, from zero: a higher rate
+ROUTER_GRID=1e-2,5e-2,2e-1  # routers and module weights (the router study's grid)
+
+entry() {  # entry NAME METHOD GRID [FLAGS...]: one tuned, seeded bench folder
+  local name=$1 method=$2 grid=$3
+  shift 3
+  local sweep=()
+  [[ -n $grid ]] && sweep=(--sweep "learning_rate=$grid")
+  echo "== $TASK/$name ($(date -u +%H:%M))"
+  "$SMARTFED" bench "${COMMON[@]}" --lora_pool "$POOL" --methods "$method" "${sweep[@]}" "$@" \
+    --output_dir "$OUT/$name"
+}
+
+run_entry() {
+  case $1 in
+    fedit) entry fedit fedit "$FRESH_GRID" ;;
+    smartfed) entry smartfed smartfed "$ROUTER_GRID" ;;
+    merge) entry merge merge "" ;;
+    mole) entry mole mole "$ROUTER_GRID" ;;
+    lorahub) entry lorahub lorahub "$ROUTER_GRID" ;;
+    ffa_lora) entry ffa_lora ffa_lora "$B_ONLY_GRID" ;;
+    fedsa_lora) entry fedsa_lora fedsa_lora "$FRESH_GRID" ;;
+    # The paper's SmartFed: linear router, K = 32, EEQA (its 5e-4 leaves the router untrained).
+    smartfed_paper) entry smartfed_paper smartfed 2e-3,1e-2,5e-2 --router linear --topk_experts 32 \
+      --enable_eeqa ;;
+    # A fresh LoRA of rank 1: the cheapest knowledge-free point of the router study.
+    fedit_r1) entry fedit_r1 fedit 2e-3,1e-2,5e-2 --lora_rank 1 --lora_alpha 2 ;;
+    *) echo "reference.sh: unknown entry $1" >&2; exit 2 ;;
+  esac
+}
+
+for name in "${@:-fedit smartfed merge mole lorahub ffa_lora fedsa_lora smartfed_paper fedit_r1}"; do
+  for n in $name; do run_entry "$n"; done
+done
