@@ -59,6 +59,7 @@ def test_sweep_over_seeds_chooses_on_validation_loss(tiny_run_config, tmp_path, 
             assert run.parent == out / "tune" / label
             saved = _json(run / "config.json")
             assert saved["eval_split"] == "validation" and saved["seed"] == 0
+            assert saved["eval_every"] == saved["num_rounds"]  # only the final loss chooses
             assert saved["method_settings"]["learning_rate"] == point["point"]["learning_rate"]
             # The recorded loss is the tuning run's final validation loss ...
             assert (
@@ -268,3 +269,17 @@ def test_a_bench_may_grow_its_grid_and_seeds_but_never_reuses_a_stale_run(
     # The first seed is the tuning seed: changing it is refused.
     assert main([*base, "--sweep", "learning_rate=1e-3,5e-2", "--seeds", "1,0"]) == 1
     assert "another --seeds" in capsys.readouterr().err
+
+
+def test_tuning_runs_evaluate_only_after_the_last_round(tiny_run_config, tmp_path, capsys):
+    config = tiny_run_config()
+    out = tmp_path / "bench"
+    flags = _tiny_flags(config)
+    flags[flags.index("--num_rounds") + 1] = "2"
+    argv = ["bench", "--methods", "fedit", *flags, "--sweep", "learning_rate=1e-3",
+            "--tune_only", "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    run = out / "tune" / "fedit" / "learning_rate=0.001"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert ["eval_loss" in r for r in rows] == [False, True]

@@ -3,9 +3,11 @@
 Each attack (``attacking.py``: a boosted update, a sign-flipped boosted update, an importance
 vector inflated to grab EEQA's quota budget) is run under plain FedAvg and under each defence;
 the measure is the final eval loss's improvement over round 0, as a share of the honest run's
-(same settings, no attacker, FedAvg). Plain FedAvg loses most of it; ``--aggregation median``,
-``--aggregation trimmed_mean`` and ``--clip_update_norm`` keep at least 90 %. The clip norm is
-the median L2 norm of the honest clients' updates in the honest run.
+(same settings, no attacker, FedAvg). Plain FedAvg loses most of it to the update attacks (the
+importance attack takes the quota budget, which costs this tiny model only ~9 % of it);
+``--aggregation median``, ``--aggregation trimmed_mean`` and ``--clip_update_norm`` keep at least
+90 % (Krum: see ``KEPT_BELOW_TARGET``). The clip norm is the median L2 norm of the honest
+clients' updates in the honest run.
 
 The default suite runs one case per defence on FedIT, whose runs are the quickest (the
 importance attack has a quick test of its own in ``tests/methods/test_robust_importance.py``);
@@ -36,18 +38,18 @@ SETUP = {
 }
 KEPT = 0.9  # share of the honest improvement a defence must keep
 LOST = 0.5  # plain FedAvg under attack keeps less than this (most of it is lost)
-# Where a defence falls short of KEPT, measured, and what it is held to instead.
+# Where a defence falls short of KEPT, measured, and what it is held to instead. Krum (not in the
+# issue's list) keeps one client's update of the five: the attacker is out, but so is the
+# averaging of four honest updates, and SmartFed's noisier router updates lose 12 % to that
+# (88.2 % kept under every attack, and FedIT 97.1 %, in the measurement).
 KEPT_BELOW_TARGET = {
-    # --clip_update_norm scales each importance vector to a unit share: the inflating client
-    # still holds 1/5 of EEQA's split (quotas [5, 2, 2, 3] against the honest [3, 2, 3, 4]),
-    # which kept 88 % of the improvement in the measurement (94 % over 4 rounds of batch 4).
-    ("smartfed", "inflate_importance", "clip_update_norm"): 0.8,
+    ("smartfed", attack, "krum"): 0.8 for attack in ("scale", "sign_flip", "inflate_importance")
 }
 ATTACKS = {
     "smartfed": ("scale", "sign_flip", "inflate_importance"),
     "fedit": ("scale", "sign_flip"),
 }
-DEFENCES = ("median", "trimmed_mean", "clip_update_norm")
+DEFENCES = ("median", "trimmed_mean", "clip_update_norm", "krum")
 # (method, attack, defence) run by the default suite; everything else is marked slow.
 DEFAULT = {
     ("fedit", "sign_flip", "median"),
@@ -170,8 +172,7 @@ def test_defence_keeps_the_honest_improvement(
     else:
         assert attacked.aggregation.startswith(defence)
     assert kept >= needed, (f"{kept:.1%} of the honest improvement kept", attacked, honest)
-    if attack == "inflate_importance" and defence == "clip_update_norm":
-        # Bounded, not removed: the attacker's unit share still tilts the split its way.
-        assert attacked.final_quotas[0] < EXPERTS_PER_MATRIX, attacked.final_quotas
-    elif attack == "inflate_importance":
-        assert attacked.final_quotas == honest.final_quotas  # outvoted: the honest quota table
+    if attack == "inflate_importance":
+        # Outvoted (median, trimmed mean, Krum) or clipped to a typical honest client's pull on
+        # the split (clip_update_norm): the honest quota table.
+        assert attacked.final_quotas == honest.final_quotas

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from smartfed.importance.aggregation import clip_shares
 from smartfed.methods.smartfed import QuotaLogic, SmartFedSettings
 from smartfed.robust import AggregationRule
 
@@ -33,6 +34,19 @@ def test_robust_rules_keep_the_honest_quotas(name):
     assert _quotas(AggregationRule(name=name), [INFLATED, *HONEST]) == [3, 2, 3, 4]
 
 
-def test_clipping_bounds_the_inflating_client_to_its_share():
-    """Unit shares: the attacker moves the split by its 1/5, no more (matrix 0: 0.25 -> 0.4)."""
-    assert _quotas(AggregationRule(clip_update_norm=1.0), [INFLATED, *HONEST]) == [5, 2, 2, 3]
+def test_clipping_bounds_the_inflating_client_to_an_honest_deviation():
+    """The honest shares here are equal (the vectors only scale): no honest deviation, so the
+    attacker's is clipped to nothing and the split is the honest one."""
+    assert _quotas(AggregationRule(clip_update_norm=1.0), [INFLATED, *HONEST]) == [3, 2, 3, 4]
+
+
+def test_clip_shares_pulls_an_outlier_to_the_median_deviation():
+    honest = np.array([[0.3, 0.7], [0.4, 0.6], [0.5, 0.5], [0.35, 0.65]])
+    clipped = clip_shares(np.vstack([[100.0, 0.0], honest * 7.0]))  # totals do not matter
+    center = np.median(np.vstack([[1.0, 0.0], honest]), axis=0)
+    deviations = np.linalg.norm(clipped - center, axis=1)
+    typical = np.median(np.linalg.norm(np.vstack([[1.0, 0.0], honest]) - center, axis=1))
+    assert deviations[0] == pytest.approx(typical)  # the attacker: no further than typical
+    assert np.allclose(clipped[1:][deviations[1:] <= typical], honest[deviations[1:] <= typical])
+    assert np.allclose(clipped.sum(axis=1), 1.0)  # still shares of the split
+    assert np.array_equal(clip_shares(np.zeros((3, 2))), np.zeros((3, 2)))

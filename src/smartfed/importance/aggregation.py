@@ -11,7 +11,11 @@ With a robust ``--aggregation`` (:mod:`smartfed.robust`) the clients' vectors ar
 that rule instead of the token-weighted mean (:func:`combine_importance`): one client inflating
 its importance to grab EEQA's quota budget is then outvoted. Under ``--clip_update_norm`` each
 client's vector is first scaled to sum 1, its share of the split (EEQA's allocation depends on
-the ratios only), so no client moves the split by more than its weight in the mean.
+the ratios only), and then clipped like an update: its deviation from the round's
+coordinate-wise median share is shortened to the median client's deviation (centred clipping,
+Karimireddy et al., 2021). The router clip norm C is in parameter units and means nothing for
+shares, hence the bound from the round itself: a client pulls the split no further than a typical
+honest client does.
 
 Malformed reports are programming or protocol errors and raise ``ValueError``; an invalid ``beta``
 is a configuration value and raises ``ConfigError``.
@@ -27,7 +31,7 @@ import numpy as np
 from smartfed.errors import ConfigError
 from smartfed.robust import AggregationRule
 
-__all__ = ["combine_importance", "ema_update", "weighted_mean"]
+__all__ = ["clip_shares", "combine_importance", "ema_update", "weighted_mean"]
 
 
 def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -80,15 +84,27 @@ def combine_importance(
 ) -> np.ndarray:
     """The clients' importance combined by ``rule`` (``fedavg``: :func:`weighted_mean`).
 
-    Under ``rule.clip_update_norm`` every vector is scaled to sum 1 first (an all-zero one stays
-    zero). Raises ``ValueError`` on the inputs :func:`weighted_mean` refuses."""
+    Under ``rule.clip_update_norm`` the vectors go through :func:`clip_shares` first. Raises
+    ``ValueError`` on the inputs :func:`weighted_mean` refuses."""
     weighted_mean(values, weights)  # validates: shapes, finite values, usable weights
     stacked = np.stack([np.asarray(v, dtype=np.float64) for v in values])
     if rule.clip_update_norm is not None:
-        totals = stacked.reshape(len(stacked), -1).sum(axis=1)
-        shape = (-1,) + (1,) * (stacked.ndim - 1)
-        stacked = stacked / np.where(totals > 0, totals, 1.0).reshape(shape)
+        stacked = clip_shares(stacked)
     return rule.reduce(stacked, np.asarray(weights, dtype=np.float64))
+
+
+def clip_shares(stacked: np.ndarray) -> np.ndarray:
+    """Each client's importance (axis 0) as shares of its total (an all-zero vector stays zero),
+    its deviation from the coordinate-wise median share clipped to the median deviation norm."""
+    flat = stacked.reshape(len(stacked), -1)
+    totals = flat.sum(axis=1, keepdims=True)
+    shares = flat / np.where(totals > 0, totals, 1.0)
+    center = np.median(shares, axis=0)
+    deviation = shares - center
+    norms = np.linalg.norm(deviation, axis=1, keepdims=True)
+    bound = float(np.median(norms))
+    scale = np.minimum(1.0, bound / np.where(norms > 0, norms, 1.0))
+    return (center + deviation * scale).reshape(stacked.shape)
 
 
 def ema_update(previous: np.ndarray | None, current: np.ndarray, beta: float = 0.7) -> np.ndarray:
