@@ -104,7 +104,8 @@ class RunConfig(Settings):
     clip_update_norm: float | None = setting(
         None,
         "scale each client's update (its payload minus the global state) down to this L2 norm "
-        "before aggregation, and its importance vector to a unit share (default: no clipping)",
+        "before aggregation; its importance shares are clipped to the round's median deviation "
+        "(default: no clipping)",
         above=0,
     )
     # secure aggregation (Flower's SecAgg+; federation/secure_aggregation.py)
