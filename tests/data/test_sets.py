@@ -20,6 +20,7 @@ from smartfed.data import (
     resolve_split_file,
 )
 from smartfed.data.arith import is_close
+from smartfed.data.sets.gsm8k_pal import PAL_INSTRUCTION, fenced, pal_prompt
 from smartfed.data.sets.math23k import parse_answer as parse_math23k_answer
 from smartfed.data.sets.mgsm import LANGUAGES
 from smartfed.data.sets.mgsm import parse_answer as parse_mgsm_answer
@@ -34,6 +35,7 @@ needs_shared = pytest.mark.skipif(
 EXPECTED_COUNTS = {
     **{(f"mgsm_{lang}", "test"): 250 for lang in LANGUAGES},
     ("gsm_hard", "test"): 1319,
+    ("gsm_hard_pal", "test"): 1319,
     ("humaneval", "test"): 164,
     ("mbpp", "test"): 500,
     ("mbpp", "train"): 464,
@@ -63,6 +65,7 @@ def test_all_datasets_are_registered() -> None:
         "gsm8k",
         "gsm8k_pal",
         "gsm_hard",
+        "gsm_hard_pal",
         "math23k",
         "humaneval",
         "mbpp",
@@ -514,3 +517,16 @@ def test_zh_code_reads_both_files_and_holds_out_every_tenth(tmp_path: Path) -> N
         "origin": "alpaca_gpt4_zh_demo",
         "index": 0,
     }
+
+
+@needs_shared
+def test_gsm_hard_pal_is_gsm_hard_in_the_math_code_format() -> None:
+    hard = load_examples("gsm_hard", "test", data_dir=SHARED_DATA)[:5]
+    pal = load_examples("gsm_hard_pal", "test", data_dir=SHARED_DATA)[:5]
+    trained = load_examples("gsm8k_pal", "test", data_dir=SHARED_DATA)[0]
+    for h, p in zip(hard, pal, strict=True):
+        assert p.prompt == pal_prompt(h.prompt) and p.response == fenced(h.response)
+        assert p.meta == {"answer": h.meta["answer"], "source": "gsm_hard_pal"}
+    # the same frame around the question and the program as math_code's training examples
+    assert trained.prompt.endswith(PAL_INSTRUCTION) and pal[0].prompt.endswith(PAL_INSTRUCTION)
+    assert trained.response.startswith("```python") and pal[0].response.startswith("```python")

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Transfer test of the math_code reference runs: answer-token loss of each finished seed run's
+# final model on GSM-Hard's reference programs (128 items, math_code's PAL format: harder numbers,
+# programs by another hand), into <run>/transfer_loss.json, which reference_table.py reads.
+# Resumable: runs that already have the file are skipped.
+#   benchmarks/reference_transfer.sh [RESULTS_DIR]   (default benchmarks/results/reference)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${1:-benchmarks/results/reference}
+DATA_DIR=${DATA_DIR:-../shared/data}
+SMARTFED=${SMARTFED:-.venv/bin/smartfed}
+shopt -s nullglob
+for run in "$RESULTS"/math_code/*/*/seed*/; do
+  run=${run%/}
+  [[ -f $run/summary.json && ! -f $run/transfer_loss.json ]] || continue
+  echo "== $run ($(date -u +%H:%M))"
+  "$SMARTFED" eval --run "$run" --benchmark loss --data gsm_hard_pal --split test --limit 128 \
+    --max_seq_len 256 --data_dir "$DATA_DIR" --output "$run/transfer_loss.json"
+done
