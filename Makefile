@@ -18,7 +18,7 @@ export FLWR_TELEMETRY_ENABLED = 0
 export FLWR_DISABLE_UPDATE_CHECK = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo smoke test test-all lint bench pool clean
+.PHONY: setup demo smoke test test-all lint bench pool pool-v2 clean
 
 setup: $(STAMP)
 
@@ -78,6 +78,15 @@ $(POOL_DIR)/modules/en_math/adapter_model.safetensors: | setup
 # build shared 2 cores with the evaluation runs.
 $(POOL_DIR)/modules/en_code/adapter_model.safetensors: | setup
 	$(POOL_BUILD) en_code --data code_instruct --steps 100 --skill "English code" --output_dir $(POOL_DIR)/modules/en_code
+
+# The stronger pool (cn_chat_v2, en_math_v2, en_code_v2): the same recipe, 600 steps instead of
+# 100-150, for the reference results' pool comparison. About 50 min per module on 2 free cores
+# (1.6 h sharing them); resumable, a checkpoint every 50 steps.
+POOL_V2 := $(POOL_BUILD) --steps 600 --checkpoint_every 50
+pool-v2: | setup
+	test -f $(POOL_DIR)/modules/en_math_v2/adapter_model.safetensors || $(POOL_V2) en_math_v2 --data gsm8k --skill "English math" --output_dir $(POOL_DIR)/modules/en_math_v2
+	test -f $(POOL_DIR)/modules/cn_chat_v2/adapter_model.safetensors || $(POOL_V2) cn_chat_v2 --data zh_instruct --skill "Chinese chat" --output_dir $(POOL_DIR)/modules/cn_chat_v2
+	test -f $(POOL_DIR)/modules/en_code_v2/adapter_model.safetensors || $(POOL_V2) en_code_v2 --data code_instruct --skill "English code" --output_dir $(POOL_DIR)/modules/en_code_v2
 
 # benchmarks/results/step_cost.json: every suite, as benchmarks/results/README.md ran them
 STEP_COST = $(PY) benchmarks/step_cost.py --threads 1 --batch_size 2 --seq_len 64 --warmup 1 \

@@ -9,7 +9,8 @@
 #   benchmarks/reference.sh [TASK] [ENTRY ...]     e.g. benchmarks/reference.sh cn_math fedit smartfed
 #
 # Budget per task: 8 entries x 3 grid points + 9 entries x 3 seeds = 51 demo-sized runs (merge
-# runs 3 seeds, nothing to tune), 1.5-15 min each on 2 shared CPU cores.
+# runs 3 seeds, nothing to tune), 1.5-15 min each on 2 shared CPU cores; the stronger pool's two
+# entries (not in the default list) add 9.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${1:-cn_math}
@@ -26,6 +27,7 @@ case $TASK in
   *) echo "reference.sh: no pool for task $TASK" >&2; exit 2 ;;
 esac
 POOL=${POOL:-$POOL_OLD}
+POOL_V2=${POOL_OLD//,/_v2,}_v2  # the stronger pool: the same skills trained 4x longer
 
 FRESH_GRID=5e-4,2e-3,1e-2   # fresh LoRA (FedIT's best at 5e-4 or 2e-3 on both tasks)
 B_ONLY_GRID=2e-3,1e-2,5e-2  # FFA-LoRA trains B only, from zero: a higher rate
@@ -55,6 +57,9 @@ run_entry() {
       --enable_eeqa ;;
     # A fresh LoRA of rank 1: the cheapest knowledge-free point of the router study.
     fedit_r1) entry fedit_r1 fedit 2e-3,1e-2,5e-2 --lora_rank 1 --lora_alpha 2 ;;
+    # SmartFed and merge over the stronger pool (Makefile: pool-v2), beside the entries above.
+    smartfed_pool_v2) POOL=$POOL_V2 entry smartfed_pool_v2 smartfed "$ROUTER_GRID" ;;
+    merge_pool_v2) POOL=$POOL_V2 entry merge_pool_v2 merge "" ;;
     *) echo "reference.sh: unknown entry $1" >&2; exit 2 ;;
   esac
 }
