@@ -33,22 +33,39 @@ REFERENCE = "fedit"
 TARGET_FACTOR = 1.1
 
 
-def _curves(run_dir: Path) -> tuple[list[float], list[float]]:
-    """(eval loss per round, cumulative bytes up + down per round) of one run."""
-    losses, cumulative, total = [], [], 0
+def run_curve(run_dir: Path) -> list[tuple[int, float, int]]:
+    """(round, eval loss, cumulative bytes up + down after that round) of one run, starting with
+    round 0 (the initial evaluation, nothing sent yet) when summary.json records it. Bytes count
+    every round, evaluated or not: a round without an evaluation still sent its traffic."""
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    initial = (summary.get("initial_eval") or {}).get("eval_loss")
+    curve = [] if initial is None else [(0, initial, 0)]
     metrics = run_dir / "metrics.jsonl"
     lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
+    total = 0
     for line in filter(None, lines):
         row = json.loads(line)
-        if "eval_loss" not in row:
-            continue
-        total += row["bytes_up"] + row["bytes_down"]
-        losses.append(row["eval_loss"])
-        cumulative.append(total)
-    if not losses:  # nothing trained (merge): its one evaluation, before any round
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        losses, cumulative = [summary["initial_eval"]["eval_loss"]], [0]
-    return losses, cumulative
+        total += row.get("bytes_up", 0) + row.get("bytes_down", 0)
+        if "eval_loss" in row:
+            curve.append((row["round"], row["eval_loss"], total))
+    return curve
+
+
+def _curves(run_dir: Path) -> tuple[list[float], list[float]]:
+    """(eval loss per round, cumulative bytes up + down per round) of one run, from round 1; a
+    run that trained nothing (merge) keeps its one evaluation, before any round."""
+    curve = run_curve(run_dir)
+    trained = [point for point in curve if point[0] > 0] or curve[:1]
+    return [loss for _, loss, _ in trained], [total for _, _, total in trained]
+
+
+def finished_runs(bench_dir: Path, label: str, seeds: list[int] | None) -> list[Path]:
+    """The run folders of one bench entry that finished (have summary.json): one per seed, or
+    the entry's own folder in a bench without seeds."""
+    runs = [bench_dir / label / f"seed{seed}" for seed in seeds or []]
+    runs = runs or [bench_dir / label]
+    return [run for run in runs if (run / "summary.json").is_file()]
 
 
 def _learning_rate(run_dir: Path) -> float | str:
@@ -62,10 +79,8 @@ def load_points(task_dir: Path, prefix: str = "") -> list[dict]:
     for results_path in sorted(task_dir.glob("*/results.json")):
         results = json.loads(results_path.read_text(encoding="utf-8"))
         for label, entry in results["methods"].items():
-            seeds = results.get("seeds")  # absent: one seed, run in the entry's own folder
-            runs = [results_path.parent / label / f"seed{seed}" for seed in seeds or []]
-            runs = runs or [results_path.parent / label]
-            runs = [run for run in runs if (run / "summary.json").is_file()]
+            # seeds absent: one seed, run in the entry's own folder
+            runs = finished_runs(results_path.parent, label, results.get("seeds"))
             if not runs:
                 continue
             curves = [_curves(run) for run in runs]
