@@ -76,7 +76,7 @@ def test_loss_is_the_token_weighted_mean_of_items(tiny_target, arith_jsonl):
 def _engine_batches(target: EvalTarget, data: str, batch_size: int) -> list[dict]:
     """The batches a run's per-round evaluation would build (assembly.runtime.eval_batches)."""
     rows = [encode_example(target.tokenizer, ex, 512) for ex in load_examples(data, "test")]
-    rows = [row for row in rows if row is not None]
+    rows = sorted((row for row in rows if row is not None), key=lambda row: len(row["input_ids"]))
     pad = target.tokenizer.pad_token_id
     return [collate(rows[i : i + batch_size], pad) for i in range(0, len(rows), batch_size)]
 
@@ -233,3 +233,15 @@ def test_loss_data_defaults():
     assert bench.data_source(EvalSettings()) == ("gsm8k", "test")
     assert bench.data_source(EvalSettings(data="x.jsonl")) == ("x.jsonl", "test")
     assert bench.data_source(EvalSettings(data="gsm8k", split="train")) == ("gsm8k", "train")
+
+
+def test_evaluation_batches_are_shortest_first_and_items_stay_in_file_order(
+    tiny_run_config, tiny_target, arith_jsonl
+):
+    from smartfed.assembly.runtime import get_runtime
+
+    runtime = get_runtime(tiny_run_config(eval_batch_size=3))
+    real = [int(n) for b in runtime.eval_batches for n in b["attention_mask"].sum(dim=1)]
+    assert real == sorted(real) and len(set(real)) > 1  # sorted, and there was something to sort
+    result = evaluate_loss(tiny_target, arith_jsonl, "test", batch_size=3, progress=False)
+    assert [item["index"] for item in result["items"]] == list(range(result["n"]))

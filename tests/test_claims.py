@@ -1,0 +1,277 @@
+"""benchmarks/claims.py: the verdict of each paper claim from fake result folders, written the
+way the benchmarks write them (seed runs, then benchmarks/reference_table.py's summary.json).
+The dry run is replaced by a fake planner (the real one loads torch and takes 15 s here). Every
+expected figure is computed here from the fake inputs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import statistics
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISE = (-0.01, 0.0, 0.01)  # per seed: a spread of 0.01 around each curve
+METHOD = "CodeCarbon offline, estimated, not measured: CPU load x TDP"
+
+# Per task and entry: (loss per round, round 0 first; bytes up, down per round; kWh per round).
+CN_MATH = {
+    "fedit": ([3.0, 2.6, 2.4, 2.3, 1.0], (600, 400), 1e-3),
+    "smartfed": ([2.5, 1.05, 0.95, 0.9, 0.85], (6, 4), 1e-4),
+    "merge": ([2.2], (0, 0), 0.0),
+    "mole": ([2.4, 1.0, 0.92, 0.88, 0.86], (6, 4), 1e-4),  # within the spreads of smartfed
+    "smartfed_pool_v2": ([2.0, 0.8, 0.7, 0.65, 0.6], (6, 4), 1e-4),
+}
+MATH_CODE = {
+    "fedit": ([3.0, 1.0, 0.9, 0.85, 0.8], (600, 400), 1e-3),
+    "smartfed": ([2.5, 2.4, 2.3, 2.2, 2.1], (60, 40), 2e-3),  # never reaches FedIT's targets
+    "merge": ([2.2], (0, 0), 0.0),
+}
+
+
+@pytest.fixture(scope="module")
+def claims() -> ModuleType:
+    # As when the script runs: its folder on sys.path (it imports reference_table).
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("claims")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _run(run: Path, losses: list[float], up_down: tuple[int, int], kwh: float | None) -> None:
+    run.mkdir(parents=True)
+    rounds = len(losses) - 1
+    rows = [
+        {"round": r, "eval_loss": loss, "bytes_up": up_down[0], "bytes_down": up_down[1],
+         "energy_kwh": None if kwh is None else kwh * r}
+        for r, loss in enumerate(losses[1:], start=1)
+    ]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = {
+        "rounds": rounds,
+        "bytes_up": up_down[0] * rounds,
+        "bytes_down": up_down[1] * rounds,
+        "wall_s": 1.0,
+        "initial_eval": {"eval_loss": losses[0]},
+        "final_eval": {"round": rounds, "eval_loss": losses[-1]},
+        "energy_kwh": None if kwh is None else kwh * rounds,
+        "energy_method": METHOD,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    config = {"model_name_or_path": "tiny-model", "num_rounds": rounds, "num_clients": 8,
+              "sample_clients": 2, "device": "cpu", "method_settings": {}}  # fmt: skip
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _bench(task_dir: Path, folder: str, labels: dict[str, tuple]) -> None:
+    """One bench folder, untuned, seeds 0-2, one entry per label."""
+    bench = task_dir / folder
+    bench.mkdir(parents=True)
+    methods = {label: {"method": label.split("_data")[0], "tuned": False} for label in labels}
+    results = {"seeds": [0, 1, 2], "methods": methods}
+    (bench / "results.json").write_text(json.dumps(results))
+    for label, (curve, up_down, kwh) in labels.items():
+        for seed, delta in enumerate(NOISE):
+            losses = [loss + delta for loss in curve]
+            _run(bench / label / f"seed{seed}", losses, up_down, kwh)
+
+
+def _reference(results: Path, task: str, entries: dict[str, tuple]) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        table = importlib.import_module("reference_table")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for name, spec in entries.items():
+        _bench(results / "reference" / task, name, {name: spec})
+    table.write_outputs(task, results / "reference" / task, "cmd")
+
+
+def _data_limited(results: Path, data10_final: float) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        table = importlib.import_module("reference_table")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    task_dir = results / "data_limited" / "cn_math"
+    _bench(task_dir, "fedit", {"fedit": ([3.0, 2.0, 1.5, 1.2, 1.0], (600, 400), 1e-3)})
+    _bench(
+        task_dir,
+        "smartfed",  # one folder, two labels, as benchmarks/data_limited.sh writes it
+        {
+            "smartfed": ([2.5, 1.0, 0.95, 0.9, 0.9], (6, 4), 1e-4),
+            "smartfed_data10": ([2.5, 1.2, 1.1, 1.0, data10_final], (6, 4), 1e-4),
+        },
+    )
+    table.write_outputs("cn_math", task_dir, "cmd")
+
+
+def _pool_eval(results: Path) -> None:
+    """cn_math's metric at the floor for every model; math_code's off it for one module."""
+    folder = results / "pool_eval"
+    folder.mkdir(parents=True)
+    scores = {"base__mgsm_zh": (0, 50), "en_math__mgsm_zh": (1, 50),
+              "base__gsm_hard": (0, 20), "en_math__gsm_hard": (5, 20)}  # fmt: skip
+    for name, (correct, n) in scores.items():
+        (folder / f"{name}.json").write_text(json.dumps({"correct": correct, "n": n}))
+
+
+def _planner(claims: ModuleType):
+    """Fake dry runs: the default router trains 500 parameters, the linear one 5,000; the
+    default model has 1e6 parameters, the 7B config 1e7."""
+
+    def plan(overrides: dict):
+        trained = 5_000 if overrides.get("router") == "linear" else 500
+        base = 10_000_000 if "model_name_or_path" in overrides else 1_000_000
+        return claims.PlanFigures(base=base, trained=trained, sent=trained, pool=["a", "b"],
+                                  scale="tiny-model, 4 rounds")  # fmt: skip
+
+    return plan
+
+
+def _first(curve: list[float], target: float) -> int | None:
+    return next((r for r, loss in enumerate(curve) if loss <= target), None)
+
+
+def _rows(claims: ModuleType, results: Path) -> list:
+    rows, _, _ = claims.build_rows(claims.Sources(results), _planner(claims))
+    return rows
+
+
+def _row(rows: list, claim: str, task: str):
+    return next(r for r in rows if claim in r.claim and r.task.startswith(task))
+
+
+def test_verdicts_and_figures(claims, tmp_path):
+    results = tmp_path / "results"
+    _reference(results, "cn_math", CN_MATH)
+    _reference(results, "math_code", MATH_CODE)
+    _pool_eval(results)
+    _data_limited(results, data10_final=0.95)
+    rows = _rows(claims, results)
+
+    # 1. Accuracy: cn_math at the floor; math_code's metric is off it for one module.
+    accuracy = _row(rows, "10.21%", "cn_math")
+    assert accuracy.verdict.startswith(claims.CANNOT)
+    assert "base 0/50, en_math 1/50" in accuracy.verdict
+    text = "\n".join(accuracy.figure)
+    assert "SmartFed 0.8500 ± 0.0100 (n=3) vs FedIT 1.0000 ± 0.0100 (n=3): better" in text
+    assert "best other baseline (mole) 0.8600 ± 0.0100 (n=3): SmartFed tie" in text
+    assert _row(rows, "10.21%", "math_code").verdict.startswith(claims.MISSING)
+    assert "worse" in _row(rows, "10.21%", "math_code").figure[0]
+
+    # 2. Convergence: cn_math's rounds ratio from the fake curves on both targets.
+    for task, entries, verdict in (("cn_math", CN_MATH, claims.HOLDS),
+                                   ("math_code", MATH_CODE, claims.NOT)):  # fmt: skip
+        fedit, smartfed, merge = (entries[n][0] for n in ("fedit", "smartfed", "merge"))
+        targets = {"T_half": merge[0] + (fedit[-1] - merge[0]) / 2, "T_fedit": 1.1 * fedit[-1]}
+        row = _row(rows, "faster convergence", task)
+        assert row.verdict == verdict, (task, row.figure)
+        for name, target in targets.items():
+            ref, mine = _first(fedit, target), _first(smartfed, target)
+            line = next(f for f in row.figure if f.startswith(f"rounds to {name}"))
+            if mine is None:
+                assert "SmartFed never reaches it" in line
+            else:
+                assert line.endswith(f"= {ref / mine:.2f}×")
+                assert ref / mine >= claims.CLAIM_CONVERGENCE[1]
+    assert any("largest measurable ratio is 4" in f for f in _row(rows, "faster", "cn").figure)
+
+    # 3. Communication: cn_math holds everywhere; math_code's bytes per round ratio (10) is
+    # above 1 while SmartFed never reaches a target: the measures disagree, partly holds.
+    row = _row(rows, "lower communication", "cn_math")
+    per_round = sum(CN_MATH["fedit"][1]) / sum(CN_MATH["smartfed"][1])
+    assert row.verdict == claims.HOLDS and f"= {per_round:.2f}×" in row.figure[-1]
+    bytes_ratio = 4 * sum(CN_MATH["fedit"][1]) / (1 * sum(CN_MATH["smartfed"][1]))
+    assert any(f.endswith(f"= {bytes_ratio:.2f}×") for f in row.figure)
+    assert _row(rows, "lower communication", "math_code").verdict == claims.PARTLY
+
+    # 4. Energy: per run and to target from the seed runs' summary.json and metrics.jsonl.
+    row = _row(rows, "less energy", "cn_math")
+    per_run = CN_MATH["fedit"][2] / CN_MATH["smartfed"][2]
+    to_target = 4 * CN_MATH["fedit"][2] / (1 * CN_MATH["smartfed"][2])
+    assert row.verdict == claims.HOLDS
+    assert f"= {per_run:.2f}×" in row.figure[0] and f"= {to_target:.2f}×" in row.figure[1]
+    row = _row(rows, "less energy", "math_code")
+    assert row.verdict == claims.NOT  # 0.5× per run, and never at the targets
+    assert f"= {MATH_CODE['fedit'][2] / MATH_CODE['smartfed'][2]:.2f}×" in row.figure[0]
+
+    # 5. Router: 500 / 1e6 = 0.05 % holds; 5,000 / 1e6 = 0.5 % does not; 5,000 / 1e7 holds.
+    routers = [r for r in rows if "tiny router" in r.claim]
+    assert [r.verdict for r in routers] == [claims.HOLDS, claims.HOLDS, claims.NOT, claims.HOLDS]
+    assert "500 trained / 1,000,000 base = 0.0500%" in routers[0].figure[0]
+
+    # 6. Data: the smartfed_data10 label inside the smartfed folder, better than FedIT.
+    row = _row(rows, "10% of the training data", "cn_math")
+    assert row.verdict == claims.HOLDS and "10% of the data 0.9500" in row.figure[0]
+    assert _row(rows, "10% of the training data", "math_code").verdict == claims.MISSING
+
+    # Extra: the stronger pool, on cn_math only.
+    assert _row(rows, "stronger pool", "cn_math").verdict == "better"
+    assert _row(rows, "stronger pool", "math_code").verdict == claims.MISSING
+
+
+def test_data_tie_and_missing_inputs(claims, tmp_path):
+    results = tmp_path / "results"
+    _data_limited(results, data10_final=0.99)  # within the spreads of FedIT's 1.0
+    rows = _rows(claims, results)
+    assert _row(rows, "10% of the training data", "cn_math").verdict == f"{claims.NOT} (tie)"
+    for claim in ("10.21%", "convergence", "communication", "energy", "stronger pool"):
+        for task in claims.TASKS:
+            row = _row(rows, claim, task)
+            assert row.verdict == claims.MISSING, (claim, task)
+            assert any("reference.sh" in c or "pool_eval.sh" in c for c in row.commands)
+
+
+def test_to_target_cases(claims):
+    show = str
+    assert claims.to_target("x", 4, 2, 4, 3.95, show).verdict == claims.PARTLY  # 2x
+    assert claims.to_target("x", 4, 1, 4, 3.95, show).verdict == claims.HOLDS  # 4x
+    assert claims.to_target("x", 2, 2, 4, 3.95, show).verdict == claims.NOT  # 1x
+    assert claims.to_target("x", None, 1, 4, 3.95, show).verdict == claims.HOLDS  # > 4x
+    assert claims.to_target("x", None, 2, 4, 3.95, show).verdict == claims.PARTLY  # > 2x
+    assert claims.to_target("x", 3, 0, 4, 3.95, show).verdict == claims.HOLDS  # at round 0
+    assert claims.to_target("x", None, None, 4, 3.95, show).verdict is None
+    assert claims.combine([claims.Measure("", claims.HOLDS), claims.Measure("", claims.NOT)]) == (
+        claims.PARTLY
+    )
+
+
+def test_main_writes_page(claims, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(claims, "dry_run_plan", _planner(claims))
+
+    def failing(overrides):
+        raise ValueError("no config.json there")
+
+    rows, _, _ = claims.build_rows(claims.Sources(results), failing)
+    router = next(r for r in rows if "tiny router" in r.claim)
+    assert router.verdict == claims.MISSING and "dry run failed: no config.json" in router.figure[0]
+
+    output = tmp_path / "out" / "claims.md"
+    monkeypatch.setattr(sys, "argv", ["claims.py", "--results", str(results), "--output",
+                                      str(output)])  # fmt: skip
+    claims.main()
+    text = output.read_text()
+    assert capsys.readouterr().out == text + "\n"
+    assert text.startswith("# The paper's claims at our scale") and "## How to read this" in text
+    assert "tiny-model, 4 rounds" in text
+    monkeypatch.setattr(sys, "argv", ["claims.py", "--results", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="no such folder"):
+        claims.main()
+
+
+def test_mean_energy_reads_per_round_rows(claims, tmp_path):
+    runs = []
+    for seed, kwh in enumerate((1e-3, 3e-3)):
+        _run(tmp_path / f"seed{seed}", [2.0, 1.5, 1.0], (1, 1), kwh)
+        runs.append(tmp_path / f"seed{seed}")
+    assert claims._energy_at(runs, 1) == pytest.approx(statistics.mean([1e-3, 3e-3]))
+    assert claims._energy_at(runs, None) == pytest.approx(statistics.mean([2e-3, 6e-3]))
+    assert claims._energy_at(runs, 0) == 0.0
