@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "pool_eval"
-MODELS = ["base", "cn_chat", "en_math", "en_code"]
+# Each module of the committed pool, then its stronger rebuild (`make pool-v2`: 600 steps).
+MODELS = ["base", "cn_chat", "cn_chat_v2", "en_math", "en_math_v2", "en_code", "en_code_v2"]
+MANIFEST = Path(__file__).parent.parent / "src" / "smartfed" / "pool" / "manifest.json"
 # (file suffix, column title)
 LOSSES = [
     ("loss__zh_instruct", "zh_instruct loss (cn_chat skill)"),
@@ -34,12 +36,23 @@ def _load(model: str, suffix: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _label(model: str) -> str:
+    """The model, with its training steps from the built-in manifest (pool modules)."""
+    modules = json.loads(MANIFEST.read_text())["modules"] if MANIFEST.is_file() else {}
+    steps = (modules.get(model) or {}).get("recipe", {}).get("steps")
+    return f"{model} ({steps} steps)" if steps else model
+
+
+def _evaluated(suffixes: list[tuple[str, str]]) -> list[str]:
+    return [m for m in MODELS if any(_load(m, suffix) for suffix, _ in suffixes)]
+
+
 def table() -> str:
     lines = []
     header = ["model"] + [title for _, title in LOSSES]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model in MODELS:
-        cells = [model]
+    for model in _evaluated(LOSSES):
+        cells = [_label(model)]
         for suffix, _ in LOSSES:
             r = _load(model, suffix)
             cells.append("—" if r is None else f"{r['value']:.3f}")
@@ -47,8 +60,8 @@ def table() -> str:
     lines.append("")
     header = ["model"] + [title for _, title in METRICS]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model in MODELS:
-        cells = [model]
+    for model in _evaluated(METRICS):
+        cells = [_label(model)]
         for suffix, _ in METRICS:
             r = _load(model, suffix)
             cells.append(
