@@ -13,6 +13,8 @@ shopt -s nullglob
 for run in "$RESULTS"/math_code/*/*/seed*/; do
   run=${run%/}
   [[ -f $run/summary.json && ! -f $run/transfer_loss.json ]] || continue
+  # FedSA-LoRA keeps B on the clients: there is no global model to evaluate.
+  grep -q '"method": "fedsa_lora"' "$run/config.json" && { echo "skip $run (no global model)"; continue; }
   echo "== $run ($(date -u +%H:%M))"
   "$SMARTFED" eval --run "$run" --benchmark loss --data gsm_hard_pal --split test --limit 128 \
     --max_seq_len 256 --data_dir "$DATA_DIR" --output "$run/transfer_loss.json"

@@ -41,12 +41,21 @@ def test_clipping_bounds_the_inflating_client_to_an_honest_deviation():
 
 
 def test_clip_shares_pulls_an_outlier_to_the_median_deviation():
-    honest = np.array([[0.3, 0.7], [0.4, 0.6], [0.5, 0.5], [0.35, 0.65]])
-    clipped = clip_shares(np.vstack([[100.0, 0.0], honest * 7.0]))  # totals do not matter
-    center = np.median(np.vstack([[1.0, 0.0], honest]), axis=0)
-    deviations = np.linalg.norm(clipped - center, axis=1)
-    typical = np.median(np.linalg.norm(np.vstack([[1.0, 0.0], honest]) - center, axis=1))
-    assert deviations[0] == pytest.approx(typical)  # the attacker: no further than typical
-    assert np.allclose(clipped[1:][deviations[1:] <= typical], honest[deviations[1:] <= typical])
+    honest = np.array([[0.3, 0.3, 0.4], [0.25, 0.35, 0.4], [0.3, 0.4, 0.3], [0.2, 0.3, 0.5]])
+    attacker = np.array([1.0, 0.0, 0.0])
+    shares = np.vstack([attacker, honest])
+    clipped = clip_shares(np.vstack([attacker * 1e6, honest * 7.0]))  # totals do not matter
     assert np.allclose(clipped.sum(axis=1), 1.0)  # still shares of the split
-    assert np.array_equal(clip_shares(np.zeros((3, 2))), np.zeros((3, 2)))
+    center = np.median(shares, axis=0)
+    typical = np.median(np.linalg.norm(shares - center, axis=1))
+    # The attacker's pull, before the final renormalisation, is a typical honest deviation: its
+    # matrix-0 share falls from 1.0 to within that of the centre, the honest ones barely move.
+    assert abs(clipped[0, 0] - center[0]) <= 1.05 * typical
+    assert np.abs(clipped[1:] - honest).max() < 0.05
+    assert clip_shares(np.zeros((3, 2))).tolist() == np.zeros((3, 2)).tolist()
+
+
+def test_with_two_clients_clipping_only_normalises():
+    """The median of two is their mean, from which both deviate equally: nothing to clip."""
+    two = np.array([[1e6, 0.0, 0.0], [3.0, 3.0, 4.0]])
+    np.testing.assert_allclose(clip_shares(two), [[1.0, 0.0, 0.0], [0.3, 0.3, 0.4]])

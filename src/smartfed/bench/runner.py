@@ -221,7 +221,7 @@ def run_sweep_bench(
                     "eval_split": "validation",
                     "metric_samples": 0,  # the task benchmark is test data
                     # The choice reads the final validation loss only: no evaluation between.
-                    "eval_every": entry.overrides.get("num_rounds", base.num_rounds),
+                    "eval_every": {**entry.overrides, **point}.get("num_rounds", base.num_rounds),
                 }
                 config = values.config_for(entry.method, overrides, strict=False)
                 tune_plan.append((entry, point, run_dir, config))

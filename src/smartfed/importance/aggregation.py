@@ -15,7 +15,8 @@ the ratios only), and then clipped like an update: its deviation from the round'
 coordinate-wise median share is shortened to the median client's deviation (centred clipping,
 Karimireddy et al., 2021). The router clip norm C is in parameter units and means nothing for
 shares, hence the bound from the round itself: a client pulls the split no further than a typical
-honest client does.
+honest client does. That needs at least 3 clients per round: with 2, the vectors are only scaled
+to sum 1 (each client then moves the split by its weight, no more).
 
 Malformed reports are programming or protocol errors and raise ``ValueError``; an invalid ``beta``
 is a configuration value and raises ``ConfigError``.
@@ -94,17 +95,24 @@ def combine_importance(
 
 
 def clip_shares(stacked: np.ndarray) -> np.ndarray:
-    """Each client's importance (axis 0) as shares of its total (an all-zero vector stays zero),
-    its deviation from the coordinate-wise median share clipped to the median deviation norm."""
+    """Each client's importance (axis 0) as shares of its total, its deviation from the
+    coordinate-wise median share clipped to the median deviation norm, then again as shares
+    (the median of shares need not sum to 1). With fewer than 3 clients this only normalises:
+    the median of two is their mean, from which both deviate equally."""
     flat = stacked.reshape(len(stacked), -1)
-    totals = flat.sum(axis=1, keepdims=True)
-    shares = flat / np.where(totals > 0, totals, 1.0)
+    shares = _as_shares(flat)
     center = np.median(shares, axis=0)
     deviation = shares - center
     norms = np.linalg.norm(deviation, axis=1, keepdims=True)
     bound = float(np.median(norms))
     scale = np.minimum(1.0, bound / np.where(norms > 0, norms, 1.0))
-    return (center + deviation * scale).reshape(stacked.shape)
+    return _as_shares(center + deviation * scale).reshape(stacked.shape)
+
+
+def _as_shares(rows: np.ndarray) -> np.ndarray:
+    """Each row over its total (an all-zero row stays zero)."""
+    totals = rows.sum(axis=1, keepdims=True)
+    return rows / np.where(totals > 0, totals, 1.0)
 
 
 def ema_update(previous: np.ndarray | None, current: np.ndarray, beta: float = 0.7) -> np.ndarray:
