@@ -7,6 +7,9 @@
 # validation data over three learning rates, then run with seeds 0, 1, 2 on 128 test items:
 #   fedit/      FedIT on all the data
 #   smartfed/   SmartFed on all the data, and smartfed_data10 on 10 % of every client's data
+# Caveat: tuning holds out 128 labelled training examples for validation in every arm, more than
+# half of what the 10 % arm trains on (about 232): its learning rate is chosen with data it does
+# not train on, as every arm's is.
 # Resumable: rerun after an interruption. Results: benchmarks/results/data_limited/TASK/;
 # tables: .venv/bin/python benchmarks/reference_table.py TASK --results benchmarks/results/data_limited
 #   benchmarks/data_limited.sh [TASK]
