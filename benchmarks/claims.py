@@ -372,24 +372,31 @@ def _measures_row(
     return Row(claim, task, [m.text for m in measures] + extra, commands, verdict)
 
 
-def claim_convergence(summary: dict | None, sources: Sources, task: str) -> Row:
-    claim, claimed = CLAIM_CONVERGENCE
-    pair = _pair(summary, sources, task, claim)
-    if isinstance(pair, Row):
-        return pair
-    fedit, smartfed = pair
+def _target_measures(
+    summary: dict, fedit: dict, smartfed: dict, key: str, what: str, whole, claimed, show
+) -> tuple[list, list[str]]:
+    """One measure per target both reached-or-not figures exist for (``key``: "round" or
+    "bytes" of ``to_target``), and the targets that could not be computed."""
     measures, missing = [], []
     for name in TARGETS:
         mine, ref = smartfed["to_target"].get(name), fedit["to_target"].get(name)
         if mine is None or ref is None:
             missing.append(f"{name} not computed (needs the merge folder)")
             continue
-        measures.append(
-            to_target(
-                f"rounds to {_target_text(summary, name)}",
-                ref["round"], mine["round"], _last_round(fedit), claimed, _rounds,
-            )
-        )  # fmt: skip
+        text = f"{what} to {_target_text(summary, name)}"
+        measures.append(to_target(text, ref[key], mine[key], whole, claimed, show))
+    return measures, missing
+
+
+def claim_convergence(summary: dict | None, sources: Sources, task: str) -> Row:
+    claim, claimed = CLAIM_CONVERGENCE
+    pair = _pair(summary, sources, task, claim)
+    if isinstance(pair, Row):
+        return pair
+    fedit, smartfed = pair
+    measures, missing = _target_measures(
+        summary, fedit, smartfed, "round", "rounds", _last_round(fedit), claimed, _rounds
+    )
     resolution = (
         f"resolution: evaluated rounds {_first_round(smartfed)}..{_last_round(fedit)}, so the "
         f"largest measurable ratio is {_last_round(fedit) / _first_round(smartfed):g}"
@@ -407,18 +414,9 @@ def claim_communication(summary: dict | None, sources: Sources, task: str) -> Ro
     if isinstance(pair, Row):
         return pair
     fedit, smartfed = pair
-    measures, missing = [], []
-    for name in TARGETS:
-        mine, ref = smartfed["to_target"].get(name), fedit["to_target"].get(name)
-        if mine is None or ref is None:
-            missing.append(f"{name} not computed (needs the merge folder)")
-            continue
-        measures.append(
-            to_target(
-                f"bytes to {_target_text(summary, name)}",
-                ref["bytes"], mine["bytes"], fedit["total_bytes"], claimed, _mib,
-            )
-        )  # fmt: skip
+    measures, missing = _target_measures(
+        summary, fedit, smartfed, "bytes", "bytes", fedit["total_bytes"], claimed, _mib
+    )
     per_round = fedit["bytes_per_round"] / smartfed["bytes_per_round"]
     measures.append(
         Measure(
