@@ -5,7 +5,6 @@ expected figure is computed here from the fake inputs."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import statistics
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.benchmark_scripts import import_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = (-0.01, 0.0, 0.01)  # per seed: a spread of 0.01 around each curve
@@ -35,12 +36,7 @@ MATH_CODE = {
 
 @pytest.fixture(scope="module")
 def claims() -> ModuleType:
-    # As when the script runs: its folder on sys.path (it imports reference_table).
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("claims")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return import_benchmark("claims")
 
 
 def _run(run: Path, losses: list[float], up_down: tuple[int, int], kwh: float | None) -> None:
@@ -82,22 +78,14 @@ def _bench(task_dir: Path, folder: str, labels: dict[str, tuple]) -> None:
 
 
 def _reference(results: Path, task: str, entries: dict[str, tuple]) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        table = importlib.import_module("reference_table")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    table = import_benchmark("reference_table")
     for name, spec in entries.items():
         _bench(results / "reference" / task, name, {name: spec})
     table.write_outputs(task, results / "reference" / task, "cmd")
 
 
 def _data_limited(results: Path, data10_final: float) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        table = importlib.import_module("reference_table")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    table = import_benchmark("reference_table")
     task_dir = results / "data_limited" / "cn_math"
     _bench(task_dir, "fedit", {"fedit": ([3.0, 2.0, 1.5, 1.2, 1.0], (600, 400), 1e-3)})
     _bench(

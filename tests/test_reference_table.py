@@ -5,7 +5,6 @@ figure is computed here from the fake inputs, independently of the script."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import statistics
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.benchmark_scripts import import_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,12 +28,7 @@ VALIDATION = [0.7, 0.5, 0.9]  # 2e-3 chosen
 
 @pytest.fixture(scope="module")
 def table() -> ModuleType:
-    # As when the script runs: its folder on sys.path, so that `import routers_pareto` works.
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("reference_table")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return import_benchmark("reference_table")
 
 
 def _run(run: Path, losses: list[float], up: int, down: int, lr: float | None = None) -> None:
