@@ -1,0 +1,66 @@
+"""benchmarks/reference_all.sh and reference.sh: every `smartfed bench` command of the reference
+plan parses with SmartFed's own parser, and the plan covers every entry reference.sh runs by
+default on both tasks. smartfed is replaced by a stub that records its arguments."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from smartfed.cli.main import build_parser
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+STEP = re.compile(r"^benchmarks/reference\.sh (\S+) (.+)$")
+
+
+def plan_steps() -> list[tuple[str, list[str]]]:
+    text = (BENCHMARKS / "reference_all.sh").read_text()
+    return [(m[1], m[2].split()) for m in map(STEP.match, text.splitlines()) if m]
+
+
+def default_entries() -> list[str]:
+    text = (BENCHMARKS / "reference.sh").read_text()
+    return re.search(r'"\$\{@:-([^}]+)\}"', text)[1].split()
+
+
+def recorded_commands(task: str, entries: list[str], tmp_path: Path) -> list[list[str]]:
+    log = tmp_path / "argv.log"
+    stub = tmp_path / "smartfed"
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
+    stub.chmod(0o755)
+    env = dict(os.environ, SMARTFED=str(stub), OUT=str(tmp_path / "out"))
+    done = subprocess.run(
+        [str(BENCHMARKS / "reference.sh"), task, *entries], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return [shlex.split(line) for line in log.read_text().splitlines()]
+
+
+def test_plan_covers_every_default_entry_on_both_tasks():
+    steps = plan_steps()
+    for task in ("cn_math", "math_code"):
+        planned = {entry for step_task, entries in steps if step_task == task for entry in entries}
+        assert set(default_entries()) | {"smartfed_pool_v2", "merge_pool_v2"} <= planned, task
+
+
+@pytest.mark.parametrize("task, entries", plan_steps(), ids=lambda x: str(x))
+def test_every_planned_command_parses(task, entries, tmp_path):
+    commands = recorded_commands(task, entries, tmp_path)
+    assert len(commands) == len(entries)
+    for argv, entry in zip(commands, entries):
+        args = build_parser().parse_args(argv)  # argparse exits on an unknown flag or bad value
+        assert args.command == "bench"
+        assert args.task == task and args.seeds == "0,1,2" and args.eval_samples == 128
+        assert args.output_dir.endswith(f"/{task}/{entry}")
+        pool = args.lora_pool.split(",")
+        assert all(name.endswith("_v2") for name in pool) == entry.endswith("_pool_v2")
+
+
+def test_unknown_entry_is_refused(tmp_path):
+    with pytest.raises(AssertionError, match="unknown entry nonsense"):
+        recorded_commands("cn_math", ["nonsense"], tmp_path)
