@@ -52,7 +52,7 @@ def test_plan_covers_every_default_entry_on_both_tasks():
 def test_every_planned_command_parses(task, entries, tmp_path):
     commands = recorded_commands(task, entries, tmp_path)
     assert len(commands) == len(entries)
-    for argv, entry in zip(commands, entries):
+    for argv, entry in zip(commands, entries, strict=True):
         args = build_parser().parse_args(argv)  # argparse exits on an unknown flag or bad value
         assert args.command == "bench"
         assert args.task == task and args.seeds == "0,1,2" and args.eval_samples == 128
