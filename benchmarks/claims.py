@@ -33,6 +33,7 @@ TASK_METRIC = {"cn_math": ("mgsm_zh", "MGSM-zh"), "math_code": ("gsm_hard", "GSM
 # +10-point difference between methods is then below what these few items can resolve.
 FLOOR_ACCURACY = 0.05
 SMARTFED, FEDIT = "smartfed", "fedit"
+DATA10_PREFIX = "smartfed_data"  # data_limited.sh's folder for SmartFed on a share of the data
 # Knowledge-free and knowledge-reuse baselines on the same pool as `smartfed` (SmartFed variants
 # and the stronger pool's entries are not baselines of the default SmartFed).
 BASELINES = ("fedit", "merge", "mole", "lorahub", "ffa_lora", "fedsa_lora", "fedit_r1")
@@ -186,14 +187,13 @@ def finished(summary: dict[str, Any] | None, name: str) -> dict[str, Any] | None
     return entry if entry and entry.get("final_loss", {}).get("mean") is not None else None
 
 
-def by_label(summary: dict[str, Any] | None, prefix: str) -> dict[str, Any] | None:
-    """The finished entry whose bench label starts with ``prefix``: a bench folder holding two
-    labels names its entries FOLDER/LABEL (reference_table._entry): smartfed/smartfed_data10."""
-    for name, entry in ((summary or {}).get("entries") or {}).items():
-        if entry.get("label", name).startswith(prefix):
-            found = finished(summary, name)
-            if found:
-                return found
+def by_prefix(summary: dict[str, Any] | None, prefix: str) -> dict[str, Any] | None:
+    """The first finished entry whose table name starts with ``prefix`` (a bench folder with one
+    label is named after the folder: data_limited.sh's smartfed_data10/)."""
+    for name in (summary or {}).get("entries") or {}:
+        found = finished(summary, name) if name.startswith(prefix) else None
+        if found:
+            return found
     return None
 
 
@@ -543,7 +543,7 @@ def claim_router(planner: Planner) -> tuple[list[Row], list[str], str]:
 
 def claim_data(sources: Sources, task: str) -> Row:
     summary = load_summary(sources.data_limited_dir(task))
-    fedit, data10 = finished(summary, FEDIT), by_label(summary, "smartfed_data")
+    fedit, data10 = finished(summary, FEDIT), by_prefix(summary, DATA10_PREFIX)
     commands = sources.data_limited_commands(task)
     if not (fedit and data10):
         missing = [n for n, e in ((FEDIT, fedit), ("smartfed_data10", data10)) if e is None]
@@ -554,14 +554,11 @@ def claim_data(sources: Sources, task: str) -> Row:
         return Row(CLAIM_DATA, task, [text], commands, MISSING)
     outcome = table.verdict(data10["final_loss"], fedit["final_loss"])
     figure = [
-        f"final test eval loss: SmartFed on {data10['label'].removeprefix('smartfed_data')}% "
+        f"final test eval loss: SmartFed on {data10['name'].removeprefix(DATA10_PREFIX)}% "
         f"of the data {_loss(data10)} vs FedIT on all {_loss(fedit)}: {outcome or 'no verdict'}",
         f"data-limited protocol: {_last_round(fedit)} rounds",
     ]
-    full = next(
-        (e for n, e in (summary.get("entries") or {}).items()
-         if e.get("label") == SMARTFED and finished(summary, n)), None,
-    )  # fmt: skip
+    full = finished(summary, SMARTFED)
     if full:
         figure.insert(1, f"SmartFed on all the data {_loss(full)}: {_tie(full, fedit)} vs FedIT")
     if outcome is None:

@@ -1,6 +1,7 @@
-"""benchmarks/reference_all.sh and reference.sh: every `smartfed bench` command of the reference
-plan parses with SmartFed's own parser, and the plan covers every entry reference.sh runs by
-default on both tasks. smartfed is replaced by a stub that records its arguments."""
+"""benchmarks/reference_all.sh, reference.sh and data_limited.sh: every `smartfed bench` command
+of the reference plan parses with SmartFed's own parser, and the plan covers every entry
+reference.sh runs by default on both tasks. smartfed is replaced by a stub that records its
+arguments."""
 
 from __future__ import annotations
 
@@ -28,14 +29,16 @@ def default_entries() -> list[str]:
     return re.search(r'"\$\{@:-([^}]+)\}"', text)[1].split()
 
 
-def recorded_commands(task: str, entries: list[str], tmp_path: Path) -> list[list[str]]:
+def recorded_commands(
+    task: str, entries: list[str], tmp_path: Path, script: str = "reference.sh"
+) -> list[list[str]]:
     log = tmp_path / "argv.log"
     stub = tmp_path / "smartfed"
     stub.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
     stub.chmod(0o755)
     env = dict(os.environ, SMARTFED=str(stub), OUT=str(tmp_path / "out"))
     done = subprocess.run(
-        [str(BENCHMARKS / "reference.sh"), task, *entries], env=env, capture_output=True, text=True
+        [str(BENCHMARKS / script), task, *entries], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     return [shlex.split(line) for line in log.read_text().splitlines()]
@@ -64,3 +67,20 @@ def test_every_planned_command_parses(task, entries, tmp_path):
 def test_unknown_entry_is_refused(tmp_path):
     with pytest.raises(AssertionError, match="unknown entry nonsense"):
         recorded_commands("cn_math", ["nonsense"], tmp_path)
+
+
+def test_data_limited_arms_parse_and_differ_only_in_data_and_method(tmp_path):
+    commands = recorded_commands("cn_math", [], tmp_path, script="data_limited.sh")
+    parsed = {Path(a.output_dir).name: a for a in map(build_parser().parse_args, commands)}
+    assert list(parsed) == ["fedit", "smartfed_data10", "smartfed"]  # the claim's arms first
+    for arm, args in parsed.items():
+        assert (args.num_rounds, args.local_steps, args.seeds) == (12, 8, "0,1,2"), arm
+        assert args.methods == arm.removesuffix("_data10") and args.sweep, arm
+    assert parsed["smartfed_data10"].train_fraction == 0.1
+    assert parsed["smartfed"].train_fraction is None  # all of the data
+    assert parsed["smartfed_data10"].sweep == parsed["smartfed"].sweep
+
+
+def test_data_limited_refuses_an_unknown_arm(tmp_path):
+    with pytest.raises(AssertionError, match="unknown arm 'nonsense'"):
+        recorded_commands("cn_math", ["nonsense"], tmp_path, script="data_limited.sh")
