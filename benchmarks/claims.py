@@ -27,6 +27,9 @@ import reference_table as table  # beside this script (its folder is on sys.path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TASKS = ("cn_math", "math_code")
+# The data-limited protocol runs on one task (reference_all.sh): the paper does not say which
+# task its 10% figure is on, and a second task would add 12 runs of 25-30 min for one verdict.
+DATA_LIMITED_TASKS = ("cn_math",)
 # The generative metric of each task (benchmarks/pool_eval.sh): file suffix and title.
 TASK_METRIC = {"cn_math": ("mgsm_zh", "MGSM-zh"), "math_code": ("gsm_hard", "GSM-Hard")}
 # Accuracy at or below this for every model (base and each pool module) is "at the floor": a
@@ -625,7 +628,7 @@ def build_rows(sources: Sources, planner: Planner) -> tuple[list[Row], list[str]
     router_rows, router_notes, scale = claim_router(planner)
     rows += router_rows
     notes += [f"router size on {n}" for n in router_notes]
-    rows += [claim_data(sources, t) for t in TASKS]
+    rows += [claim_data(sources, t) for t in DATA_LIMITED_TASKS]
     rows += [extra_pool(summaries[t], sources, t) for t in TASKS]
     return rows, notes, _scale(sources, scale)
 
@@ -655,7 +658,8 @@ RULES = [
     "Router: trained parameters per client over the base model's, from the dry run (meta "
     f"device, no weights); holds below {CLAIM_ROUTER[1]}%, per router and model.",
     "10% of the data: SmartFed on 10% of every client's data (data_limited.sh) against FedIT "
-    "on all of it, by the tie rule: better holds; a tie or worse does not hold.",
+    "on all of it, by the tie rule: better holds; a tie or worse does not hold. Measured on "
+    f"{', '.join(DATA_LIMITED_TASKS)} only (the paper does not name the task of its figure).",
 ]
 
 
