@@ -15,6 +15,8 @@ for run in "$RESULTS"/math_code/*/*/seed*/; do
   [[ -f $run/summary.json && ! -f $run/transfer_loss.json ]] || continue
   # FedSA-LoRA keeps B on the clients: there is no global model to evaluate.
   grep -q '"method": "fedsa_lora"' "$run/config.json" && { echo "skip $run (no global model)"; continue; }
+  # Weights are not committed: a run finished in an earlier session may have lost them.
+  [[ -d $run/final ]] || { echo "skip $run (no final weights: rerun it to measure transfer)"; continue; }
   echo "== $run ($(date -u +%H:%M))"
   "$SMARTFED" eval --run "$run" --benchmark loss --data gsm_hard_pal --split test --limit 128 \
     --max_seq_len 256 --data_dir "$DATA_DIR" --output "$run/transfer_loss.json"

@@ -5,6 +5,7 @@ arguments."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -84,3 +85,29 @@ def test_data_limited_arms_parse_and_differ_only_in_data_and_method(tmp_path):
 def test_data_limited_refuses_an_unknown_arm(tmp_path):
     with pytest.raises(AssertionError, match="unknown arm 'nonsense'"):
         recorded_commands("cn_math", ["nonsense"], tmp_path, script="data_limited.sh")
+
+
+def test_transfer_evaluates_only_runs_that_still_have_weights(tmp_path):
+    results = tmp_path / "reference"
+    runs = {name: results / "math_code" / name / "m" / "seed0" for name in
+            ("fresh", "weights_gone", "done", "fedsa")}  # fmt: skip
+    for name, run in runs.items():
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text("{}")
+        method = "fedsa_lora" if name == "fedsa" else "fedit"
+        (run / "config.json").write_text(json.dumps({"method": method}, indent=0))
+        if name != "weights_gone":
+            (run / "final").mkdir()
+    (runs["done"] / "transfer_loss.json").write_text("{}")
+    log = tmp_path / "argv.log"
+    stub = tmp_path / "smartfed"
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
+    stub.chmod(0o755)
+    done = subprocess.run(
+        [str(BENCHMARKS / "reference_transfer.sh"), str(results)],
+        env=dict(os.environ, SMARTFED=str(stub)), capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    evaluated = [shlex.split(line) for line in log.read_text().splitlines()]
+    assert [argv[argv.index("--run") + 1] for argv in evaluated] == [str(runs["fresh"])]
+    assert "no final weights" in done.stdout and "no global model" in done.stdout
