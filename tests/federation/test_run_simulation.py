@@ -1,10 +1,11 @@
 """``--engine simulation``: Flower's Ray simulation runs the same two apps as the in-process
 engine, writes the same run directory and, with the same seed, ends with the same routers.
 
-Tolerance: the final global states must agree to 1e-6 (absolute); they are bit-identical in
-practice (measured: 0.0), since every client computes the same thing whichever process runs it,
-the server samples and aggregates in partition order, and FedAvg sums the replies in that
-order. (The tiny model's operations are too small for PyTorch to split across threads; on a real
+Tolerance: the final global states must agree to 1e-5 (absolute). They are usually
+bit-identical (measured: 0.0), since every client computes the same thing whichever process runs
+it, the server samples and aggregates in partition order, and FedAvg sums the replies in that
+order; but a fresh-clone CI run on 2026-12-04 differed by 2.9e-6 in 16 of 256 router entries
+(float32 sums in another order in Ray's worker process), so 1e-6 was too tight. (On a real
 model, bit-identity also needs as many threads per client as in-process: see the smoke test.)
 The simulation test takes 30 to 60 s on 2 CPU cores, most of it Ray's start and the actors'
 imports.
@@ -36,7 +37,7 @@ from smartfed.tuners.more import MoreModel
 from ..conftest import make_tiny_llama
 from .crashing import CrashAtRound
 
-TOLERANCE = 1e-6
+TOLERANCE = 1e-5
 
 
 def _final_state(run: Path) -> dict[str, torch.Tensor]:
