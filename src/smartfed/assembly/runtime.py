@@ -18,7 +18,8 @@ import torch
 
 from smartfed.assembly.config import config_from_dict
 from smartfed.data import BatchStream, encode_example, load_examples, partition_examples
-from smartfed.data.formatting import collate
+from smartfed.data.formatting import collate, encode_examples
+from smartfed.data.targets import target_dev_sources, user_target_examples
 from smartfed.data.tasks import get_task
 from smartfed.engine.config import RunConfig
 from smartfed.engine.method import FederatedMethod
@@ -106,24 +107,76 @@ class Runtime:
 
     @cached_property
     def eval_batches(self) -> list[dict]:
+        return self._eval_data[0]
+
+    @cached_property
+    def eval_encoding(self) -> dict[str, int]:
+        """How the in-distribution eval items were encoded: examples, truncated, dropped..."""
+        return self._eval_data[1]
+
+    @cached_property
+    def _eval_data(self) -> tuple[list[dict], dict[str, int]]:
         if self.config.eval_samples == 0:
-            return []
+            return [], {}
         if self.config.eval_split == "validation":
             examples = self.validation_examples  # the test split is never opened
         else:
+            # The target's dev items may be the same questions (GSM-Hard is GSM8K's test with
+            # larger numbers): tuning reads them, so the in-distribution test leaves them out.
+            excluded = self._target_dev_sources()
             examples = load_examples(
                 self.task.eval_dataset,
                 self.task.eval_split,
                 data_dir=self.config.data_dir,
-                limit=self.config.eval_samples,
+                limit=self.config.eval_samples + len(excluded),
             )
-        encoded = [encode_example(self.tokenizer, ex, self.config.max_seq_len) for ex in examples]
-        # Batches of similar lengths: padding is compute too (on 128 math23k test items, 22 %
-        # fewer padded tokens than in file order); the token-weighted loss does not depend on it.
-        encoded = sorted((e for e in encoded if e is not None), key=lambda e: len(e["input_ids"]))
+            examples = [ex for ex in examples if ex.prompt not in excluded]
+            examples = examples[: self.config.eval_samples]
+        return self._batches(examples)
+
+    @cached_property
+    def target_examples(self) -> list:
+        """The first ``target_samples`` items of the target set's ``target_split``."""
+        config = self.config
+        if not config.target_samples:
+            return []
+        if config.target_data is not None:
+            return user_target_examples(
+                config.target_data, config.target_split, limit=config.target_samples
+            )
+        return load_examples(
+            self.task.target_dataset, config.target_split, limit=config.target_samples
+        )
+
+    @cached_property
+    def _target_data(self) -> tuple[list[dict], dict[str, int]]:
+        return self._batches(self.target_examples)
+
+    @cached_property
+    def target_batches(self) -> list[dict]:
+        return self._target_data[0]
+
+    @cached_property
+    def target_encoding(self) -> dict[str, int]:
+        """How the target items were encoded: examples, truncated, dropped..."""
+        return self._target_data[1]
+
+    def _target_dev_sources(self) -> set[str]:
+        if not self.task.target_dataset:
+            return set()
+        return target_dev_sources(self.task.target_dataset)
+
+    def _batches(self, examples: list) -> tuple[list[dict], dict[str, int]]:
+        if not examples:
+            return [], {}
+        encoded = encode_examples(self.tokenizer, examples, self.config.max_seq_len)
+        # Batches of similar lengths: padding is compute too; the token-weighted loss does not
+        # depend on the order.
+        rows = sorted(encoded.encoded, key=lambda e: len(e["input_ids"]))
         size = self.config.eval_batch_size
         pad = self.tokenizer.pad_token_id
-        return [collate(encoded[i : i + size], pad) for i in range(0, len(encoded), size)]
+        batches = [collate(rows[i : i + size], pad) for i in range(0, len(rows), size)]
+        return batches, encoded.summary()
 
 
 def hold_out(examples: list, count: int, seed: int, num_clients: int) -> tuple[list, list]:

@@ -126,6 +126,7 @@ def check_inputs(config: RunConfig) -> None:
     installed) before any model is loaded."""
     from smartfed.assembly.runtime import check_hardware
     from smartfed.data import load_examples
+    from smartfed.data.targets import user_target_examples
     from smartfed.data.tasks import get_task
     from smartfed.engine.rundir import check_output_dir
     from smartfed.pool import PoolRegistry, resolve_pool_item
@@ -142,6 +143,10 @@ def check_inputs(config: RunConfig) -> None:
             splits.append((task.eval_dataset, task.eval_split))
         for dataset, split in splits:
             load_examples(dataset, split, data_dir=config.data_dir, limit=1)
+        if config.target_samples and config.target_data is not None:
+            user_target_examples(config.target_data, config.target_split, limit=1)
+        elif config.target_samples:
+            load_examples(task.target_dataset, config.target_split, limit=1)
         registry = PoolRegistry.default(config.pool_manifest)
         for item in config.pool_items:
             resolve_pool_item(item, registry)  # and checks a registered module's pins
@@ -162,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_federated(config)
     if summary:
         keys = ("rounds", "bytes_down", "bytes_up", "wall_s", "energy_kwh")
-        shown = {k: summary[k] for k in (*keys, "initial_eval", "final_eval")}
+        shown = {k: summary[k] for k in (*keys, "initial_eval", "final_eval", "final_target")}
         print(json.dumps(shown, indent=1))
         print(f"run directory: {config.output_dir}")
     return 0

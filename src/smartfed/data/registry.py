@@ -70,6 +70,9 @@ class DatasetSpec:
     # Examples in each full split (as the reader counts them): tells whether a bundled subset is
     # the whole split, and how much of it a smaller subset holds.
     split_sizes: Mapping[str, int] = field(default_factory=dict)
+    # Built from other datasets and shipped whole inside the package (target sets): data dirs
+    # and the hub are not searched.
+    shipped: bool = False
 
     @property
     def hub_id(self) -> str | None:
@@ -89,6 +92,7 @@ def register_dataset(
     meta_fields: Sequence[str] = (),
     missing_hint: str = "",
     split_sizes: Mapping[str, int] | None = None,
+    shipped: bool = False,
 ) -> Callable[[Reader], Reader]:
     """Decorator registering ``reader`` under ``name``; returns the reader unchanged."""
 
@@ -110,6 +114,7 @@ def register_dataset(
             meta_fields=tuple(meta_fields),
             missing_hint=missing_hint,
             split_sizes=dict(split_sizes or {}),
+            shipped=shipped,
         )
         return reader
 
@@ -174,6 +179,8 @@ def resolve_split_file(
     spec = get_dataset(name)
     relative = _split_file(spec, split)
     roots = [*_user_roots(data_dir), ("bundled", "bundled subset", BUNDLED_DIR)]
+    if spec.shipped:
+        roots = roots[-1:]
     skipped: list[str] = []
     for origin, label, root in roots:
         path = root / relative
@@ -236,6 +243,8 @@ def _load_registered(
     spec: DatasetSpec, split: str, data_dir: str | os.PathLike[str] | None, limit: int | None
 ) -> list[Example]:
     name, relative = spec.name, _split_file(spec, split)
+    if spec.shipped:
+        return _read_file(spec, BUNDLED_DIR / relative, split, limit)
     skipped: list[str] = []
     for _, label, root in _user_roots(data_dir):
         if (root / relative).is_file():

@@ -23,6 +23,9 @@ class TaskSpec:
     # Generative benchmark (smartfed.evaluation) that gives the task's metric; the eval split
     # above gives the smooth per-round signal (answer-token loss).
     benchmark: str = ""
+    # The task's target set (smartfed.data.targets): its other benchmark in the training format,
+    # with splits dev (tuning) and test. "" for tasks scored on their own data only.
+    target_dataset: str = ""
 
 
 TASKS: dict[str, TaskSpec] = {}
@@ -88,6 +91,7 @@ register_task(
         eval_split="test",
         default_pool="cn_chat,en_math",
         benchmark="mgsm_zh",
+        target_dataset="mgsm_zh_math23k",
     )
 )
 # DoIT's own pass@1 harness is not implemented; the metric is MBPP pass@1. Offline, use the task
@@ -131,5 +135,6 @@ register_task(
         eval_split="test",
         default_pool="en_math,en_code",
         benchmark="gsm_hard",
+        target_dataset="gsm_hard_gsm8k_pal",
     )
 )

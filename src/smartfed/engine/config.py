@@ -32,6 +32,8 @@ ENGINES = ("inprocess", "simulation")
 # Precision of the tensors exchanged with clients (the server averages and keeps float32).
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
 EVAL_SPLITS = ("test", "validation")
+TARGET_SPLITS = ("dev", "test")
+DEFAULT_TARGET_SAMPLES = 64
 # Precision of the frozen base model and pool experts; trainable parameters stay float32.
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 # Settings a resumed run (or bench) may change: where and how memory-thriftily it computes, not
@@ -187,6 +189,23 @@ class RunConfig(Settings):
         "client's partition; the test split is never read)",
         choices=EVAL_SPLITS,
     )
+    target_samples: int | None = setting(
+        None,
+        "items of the task's target set (its other benchmark, in the training format) scored "
+        f"every round (0: off; default {DEFAULT_TARGET_SAMPLES} where the task has a target set "
+        "or --target_data is given, else off)",
+        minimum=0,
+    )
+    target_split: str = setting(
+        "test",
+        "which split of the target set the per-round target loss reads",
+        choices=TARGET_SPLITS,
+    )
+    target_data: str | None = setting(
+        None,
+        "your own target set: a JSONL pattern PATH/{split}.jsonl (prompt/response fields; files "
+        "dev.jsonl and test.jsonl) replacing the task's",
+    )
     eval_batch_size: int = setting(8, "evaluation batch size", minimum=1)
     metric_samples: int = setting(
         0, "task-benchmark items scored on the final model (0: none)", minimum=0
@@ -272,6 +291,24 @@ class RunConfig(Settings):
             self.lora_pool = task.default_pool
         if not self.pool_items:
             raise ConfigError("--lora_pool must name at least one pool module")
+        self._check_target(task.target_dataset)
+
+    def _check_target(self, task_target: str) -> None:
+        """The target set is on by default where there is one; asked for where there is none,
+        it is an error rather than an ignored flag."""
+        has_target = bool(task_target or self.target_data)
+        if self.target_samples is None:
+            self.target_samples = DEFAULT_TARGET_SAMPLES if has_target else 0
+        elif self.target_samples and not has_target:
+            raise ConfigError(
+                f"--target_samples {self.target_samples}: task {self.task} has no target set; "
+                "give --target_data PATH/{split}.jsonl or --target_samples 0"
+            )
+        if self.target_data is not None and "{split}" not in self.target_data:
+            raise ConfigError(
+                f"--target_data {self.target_data!r}: expected a pattern with {{split}}, e.g. "
+                "data/target/{split}.jsonl (files dev.jsonl and test.jsonl)"
+            )
 
     def _check_aggregation(self) -> None:
         """Knobs only where their aggregator reads them; enough sampled clients to act on."""

@@ -62,10 +62,13 @@ def answer_token_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict:
+def evaluate_loss(
+    model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], prefix: str = "eval"
+) -> dict:
     """Mean answer-token loss (labels != -100) and perplexity over ``batches``.
 
-    Also returns the summed loss, so token-weighted means over clients stay exact.
+    Also returns the summed loss, so token-weighted means over clients stay exact. Keys start
+    with ``prefix`` (``eval_loss``; ``target_loss`` for the target set).
     """
     model.eval()
     total_loss, total_tokens = 0.0, 0
@@ -75,14 +78,14 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tens
         total_tokens += loss.tokens
     if total_tokens == 0:
         return {}
-    return loss_metrics(total_loss, total_tokens)
+    return loss_metrics(total_loss, total_tokens, prefix)
 
 
-def loss_metrics(loss_sum: float, tokens: int) -> dict[str, float]:
+def loss_metrics(loss_sum: float, tokens: int, prefix: str = "eval") -> dict[str, float]:
     mean = loss_sum / tokens
     return {
-        "eval_loss": mean,
-        "eval_ppl": math.exp(min(mean, 50.0)),
-        "eval_tokens": tokens,
-        "eval_loss_sum": loss_sum,
+        f"{prefix}_loss": mean,
+        f"{prefix}_ppl": math.exp(min(mean, 50.0)),
+        f"{prefix}_tokens": tokens,
+        f"{prefix}_loss_sum": loss_sum,
     }

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smartfed import __version__
+from smartfed.data.tasks import get_task
 from smartfed.engine.privacy import CentralPrivacy
 from smartfed.engine.rundir import RunDirectory, ServerState
 from smartfed.errors import ConfigError
@@ -160,6 +161,19 @@ class RunRecorder:
             sizes = [row["size"] for row in partitions]
             log.info("partition %s: %d clients, sizes %s", config.partition, len(sizes), sizes)
 
+    def _target_description(self) -> dict[str, Any] | None:
+        config = self.config
+        if not config.target_samples or self.method.evaluates_on_clients:
+            return None
+        initial = self.totals.get("initial_eval") or {}
+        return {
+            "data": _target_name(config),
+            "split": config.target_split,
+            "samples": config.target_samples,
+            "truncated": initial.get("target_truncated"),
+            "max_seq_len": config.max_seq_len,
+        }
+
     # ------------------------------------------------------------------ the plan
     @property
     def rounds_left(self) -> int:
@@ -178,12 +192,18 @@ class RunRecorder:
         do, for methods that evaluate on clients, or nobody)."""
         return self.is_eval_round(server_round) and not self.method.evaluates_on_clients
 
+    def evaluates_target(self, server_round: int) -> bool:
+        """Whether the server scores the target set after this round: every round (round 0
+        too), for methods with one global model (per-client models have no single target
+        loss)."""
+        return bool(self.config.target_samples) and not self.method.evaluates_on_clients
+
     @property
     def needs_initial_eval(self) -> bool:
         """Round 0 is evaluated once per run, also when a run is resumed before round 1 ends."""
         return (
             self.rounds_done == 0
-            and bool(self.config.eval_samples)
+            and (bool(self.config.eval_samples) or self.evaluates_target(0))
             and "initial_eval" not in self.totals
         )
 
@@ -204,8 +224,11 @@ class RunRecorder:
     def record_initial_eval(self, evaluation: dict[str, Any]) -> None:
         self.totals["initial_eval"] = _eval_row(evaluation)
         self.reporter.log(0, *dashboard_metrics(self.totals["initial_eval"], {}))
+        initial = self.totals["initial_eval"]
         log.info(
-            "round 0: eval loss %.4f", self.totals["initial_eval"].get("eval_loss", float("nan"))
+            "round 0: eval loss %.4f, target loss %.4f",
+            initial.get("eval_loss", float("nan")),
+            initial.get("target_loss", float("nan")),
         )
 
     def record_round(
@@ -306,8 +329,14 @@ class RunRecorder:
         final_eval = None
         if evaluated:
             final_eval = {k: evaluated[-1][k] for k in ("round", "eval_loss", "eval_ppl")}
-        elif initial and not rows:
+        elif initial and not rows and "eval_loss" in initial:
             final_eval = {"round": 0, **{k: initial[k] for k in ("eval_loss", "eval_ppl")}}
+        targeted = [r for r in rows if "target_loss" in r]
+        final_target = None
+        if targeted:
+            final_target = {k: targeted[-1][k] for k in ("round", "target_loss", "target_ppl")}
+        elif initial and not rows and "target_loss" in initial:
+            final_target = {"round": 0, **{k: initial[k] for k in ("target_loss", "target_ppl")}}
         if totals.get("energy_unavailable"):
             energy = None
         else:
@@ -324,6 +353,10 @@ class RunRecorder:
             "energy_method": self.meter.method,
             "initial_eval": initial,
             "final_eval": final_eval,
+            "final_target": final_target,
+            # What the target loss was computed on (None: off): the task's other benchmark in
+            # its training format, or the user's --target_data.
+            "target": self._target_description(),
             "final_train_loss": rows[-1]["train_loss"] if rows else None,
             "mean_step_time_s": float(np.mean([r["step_time_s"] for r in rows])) if rows else None,
             "trainable_parameters": method.num_trainable_parameters(),
@@ -345,8 +378,12 @@ class RunRecorder:
         }
 
 
+def _target_name(config: RunConfig) -> str:
+    return config.target_data or get_task(config.task).target_dataset
+
+
 def _eval_row(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k != "eval_loss_sum"}
+    return {k: v for k, v in result.items() if not k.endswith("_loss_sum")}
 
 
 def dashboard_metrics(
@@ -359,6 +396,7 @@ def dashboard_metrics(
         "loss/train": row.get("train_loss"),
         "loss/eval": row.get("eval_loss"),
         "loss/eval_ppl": row.get("eval_ppl"),
+        "loss/target": row.get("target_loss"),
         "bytes/down": row.get("bytes_down"),
         "bytes/up": row.get("bytes_up"),
         "bytes/down_total": totals.get("bytes_down"),
@@ -397,6 +435,8 @@ def print_round(row: dict[str, Any], num_rounds: int) -> None:
     ]
     if "eval_loss" in row:
         parts.append(f"eval {row['eval_loss']:.4f}")
+    if "target_loss" in row:
+        parts.append(f"target {row['target_loss']:.4f}")
     parts += [
         f"down {_mib(row['bytes_down'])}",
         f"up {_mib(row['bytes_up'])}",

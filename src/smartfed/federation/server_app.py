@@ -50,8 +50,13 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
 
     def round_ended(report: RoundReport, global_state: dict[str, torch.Tensor]) -> None:
         evaluation = None
-        if recorder.evaluates_on_server(report.server_round):
-            evaluation = _evaluate(runtime, global_state, report.round_config)
+        server_eval = recorder.evaluates_on_server(report.server_round)
+        target_eval = recorder.evaluates_target(report.server_round)
+        if server_eval or target_eval:
+            evaluation = _evaluate(
+                runtime, global_state, report.round_config, in_distribution=server_eval,
+                target=target_eval,
+            )  # fmt: skip
         recorder.record_round(report, global_state, evaluation)
 
     strategy_class = SmartFedStrategy
@@ -78,7 +83,10 @@ def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
         if recorder.needs_initial_eval:
             round_config = recorder.server_logic.round_config()
             # A cached runtime's client-local state may be another run's: start from the initial.
-            initial = _evaluate(runtime, global_state, round_config, runtime.initial_local_state)
+            initial = _evaluate(
+                runtime, global_state, round_config, runtime.initial_local_state,
+                in_distribution=bool(config.eval_samples), target=recorder.evaluates_target(0),
+            )  # fmt: skip
             recorder.record_initial_eval(initial)
         if recorder.rounds_left > 0:
             global_state = strategy.run(grid, global_state, recorder.rounds_left)
@@ -94,14 +102,25 @@ def _evaluate(
     global_state: dict[str, torch.Tensor],
     round_config: dict[str, Any],
     local_state: dict[str, torch.Tensor] | None = None,
+    *,
+    in_distribution: bool = True,
+    target: bool = False,
 ) -> dict[str, Any]:
-    """Held-out loss of the method's model with ``global_state`` under ``round_config``."""
+    """Held-out loss (``eval_*``) and target-set loss (``target_*``) of the method's model with
+    ``global_state`` under ``round_config``, each with its truncation count."""
     method = runtime.method
     method.load_global_state(global_state)
     if local_state is not None:
         method.load_local_state(local_state)
     method.apply_round_config(round_config)
-    return evaluate_loss(method.model, runtime.eval_batches)
+    result: dict[str, Any] = {}
+    if in_distribution:
+        result |= evaluate_loss(method.model, runtime.eval_batches)
+        result["eval_truncated"] = runtime.eval_encoding.get("truncated", 0)
+    if target:
+        result |= evaluate_loss(method.model, runtime.target_batches, prefix="target")
+        result["target_truncated"] = runtime.target_encoding.get("truncated", 0)
+    return result
 
 
 def _final_metric(

@@ -110,7 +110,7 @@ class PalConversion:
         )
 
 
-class _Dropped(Exception):
+class ProgramDropped(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason  # "no_notes", "failed_eval" or "wrong_answer"
@@ -216,10 +216,13 @@ def _stated_result(text: str) -> float | None:
 
 
 def build_pal_program(question: str, solution: str) -> str:
-    """The PAL program of one GSM8K solution; raises _Dropped("no_notes" / "failed_eval")."""
+    """The PAL program of one GSM8K solution.
+
+    Raises ProgramDropped("no_notes" / "failed_eval").
+    """
     notes = NOTE.findall(solution)
     if not notes:
-        raise _Dropped("no_notes")
+        raise ProgramDropped("no_notes")
     given = _question_numbers(question)
     earlier: list[tuple[str, float, Number]] = []
     names: dict[str, Number] = {}
@@ -227,13 +230,13 @@ def build_pal_program(question: str, solution: str) -> str:
     for number, note in enumerate(notes, start=1):
         expression, sep, result = note.rpartition("=")
         if not sep or not expression.strip():
-            raise _Dropped("failed_eval")
+            raise ProgramDropped("failed_eval")
         try:
             tree = parse_expression(normalize_expression(expression, percent=True))
             tree = _UseEarlierResults(earlier, given).visit(tree)
             value = evaluate_node(tree, names)
         except ArithmeticEvalError:
-            raise _Dropped("failed_eval") from None
+            raise ProgramDropped("failed_eval") from None
         name = f"v{number}"
         names[name] = value
         stated = _stated_result(result)
@@ -266,10 +269,10 @@ def convert_gsm8k_to_pal(records: Iterable[Mapping[str, str]]) -> PalConversion:
             try:
                 result = execute_pal_program(program)
             except ArithmeticEvalError:
-                raise _Dropped("failed_eval") from None
+                raise ProgramDropped("failed_eval") from None
             if not is_close(result, gold, rel_tol=1e-6, abs_tol=1e-4):
-                raise _Dropped("wrong_answer")
-        except _Dropped as dropped:
+                raise ProgramDropped("wrong_answer")
+        except ProgramDropped as dropped:
             setattr(conversion, dropped.reason, getattr(conversion, dropped.reason) + 1)
             continue
         conversion.examples.append(
