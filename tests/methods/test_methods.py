@@ -23,10 +23,18 @@ PAYLOAD = {
     "mole": {"router"},
     "smartfed": {"router"},
     "merge": set(),
+    "fed_sb": {"mix"},
+    "pool_bridge": {"bridge"},
 }
+# Settings a method needs on the tiny model (Fed-SB's default rank exceeds its 16-wide v_proj).
+TINY_SETTINGS = {"fed_sb": {"lora_rank": 4, "init_examples": 8}}
 
 
 def _kind(name: str) -> str:
+    if name.endswith(".mix.weight"):  # Fed-SB's R sits inside PEFT's lora_A slot
+        return "mix"
+    if name.endswith((".bridge_U", ".bridge_V")):
+        return "bridge"
     for kind in ("lora_A", "lora_B", "lorahub.weights", "router"):
         if kind in name:
             return kind
@@ -47,7 +55,7 @@ def _all_tensors(method) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", sorted(PAYLOAD))
 def test_method_trains_only_its_parameters_and_sends_its_payload(name, tiny_run_config):
-    runtime = Runtime(tiny_run_config(method=name))
+    runtime = Runtime(tiny_run_config(method=name, **TINY_SETTINGS.get(name, {})))
     method = runtime.method
     assert method.name == name and get_method(name) is type(method)
     sent = method.global_state()
@@ -99,7 +107,7 @@ def _rows(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["fedit", "ffa_lora", "fedsa_lora", "lorahub", "mole"])
 def test_method_runs_federated_with_its_payload_size(name, tiny_run_config):
-    config = tiny_run_config(method=name, num_rounds=2)
+    config = tiny_run_config(method=name, num_rounds=2, **TINY_SETTINGS.get(name, {}))
     summary = run_federated(config)
     run = Path(config.output_dir)
     rows = _rows(run)
@@ -181,7 +189,7 @@ def test_eval_reloads_the_final_model_of_every_method(name, tiny_run_config):
     from smartfed.assembly.runtime import get_runtime
     from smartfed.evaluation.harness import load_eval_target
 
-    config = tiny_run_config(method=name, num_rounds=1)
+    config = tiny_run_config(method=name, num_rounds=1, **TINY_SETTINGS.get(name, {}))
     run_federated(config)
     trained = get_runtime(config).method.model  # the run's model, final state loaded
     batch = get_runtime(config).eval_batches[0]
@@ -327,7 +335,7 @@ def test_a_run_directory_of_version_0_1_still_evaluates(name, tiny_run_config):
     one flat dict (LoRAHub's rate as lorahub_learning_rate, every method's fields present)."""
     from smartfed.evaluation.harness import load_eval_target
 
-    config = tiny_run_config(method=name, num_rounds=1)
+    config = tiny_run_config(method=name, num_rounds=1, **TINY_SETTINGS.get(name, {}))
     run_federated(config)
     path = Path(config.output_dir) / "config.json"
     saved = json.loads(path.read_text())

@@ -27,7 +27,13 @@ from smartfed.engine.rundir import RunDirectory
 from smartfed.engine.training import client_seed, seed_everything
 from smartfed.errors import ConfigError
 from smartfed.methods import build_method
-from smartfed.models import LoadedModel, check_load_in_4bit, load_base_model, resolve_device
+from smartfed.models import (
+    LoadedModel,
+    check_load_in_4bit,
+    load_base_model,
+    resolve_device,
+    to_device,
+)
 from smartfed.pool import PoolRegistry, load_pool
 
 log = logging.getLogger(__name__)
@@ -61,8 +67,6 @@ class Runtime:
         seed_everything(config.seed)
         self.method = build_method(config, loaded.model, self.pool)
         place_method(self.method, self.device, config)
-        self.initial_global_state = self.method.global_state()
-        self.initial_local_state = self.method.local_state()
         self.train_examples = load_examples(
             self.task.train_dataset, self.task.train_split, data_dir=config.data_dir
         )
@@ -73,6 +77,9 @@ class Runtime:
             self.train_examples, self.validation_examples = hold_out(
                 self.train_examples, config.eval_samples, config.seed, config.num_clients
             )
+        self._initialize_method_on_server()
+        self.initial_global_state = self.method.global_state()
+        self.initial_local_state = self.method.local_state()
         field = config.partition_field or self.task.partition_field
         self.partition_field = field if config.partition != "iid" else None
         self.partitions = partition_examples(
@@ -86,6 +93,28 @@ class Runtime:
         if config.train_fraction < 1:
             self.partitions = _subsample(self.partitions, config.train_fraction, config.seed)
         self._encoded: dict[int, list] = {}
+
+    def _initialize_method_on_server(self) -> None:
+        """A method that initialises from data (Fed-SB) reads a seeded slice of the training
+        data that no client holds, before round 1. Every process computes the same init (same
+        seed, same examples, on the CPU), as it builds the same initial model."""
+        count = self.method.server_init_examples
+        if not count:
+            return
+        config = self.config
+        rule = dict(tag=0x5E7, setting="--init_examples")
+        positions = list(range(len(self.train_examples)))
+        _, indices = hold_out(positions, count, config.seed, config.num_clients, **rule)
+        self.train_examples, held = hold_out(
+            self.train_examples, count, config.seed, config.num_clients, **rule
+        )
+        rows = [encode_example(self.tokenizer, ex, self.config.max_seq_len) for ex in held]
+        rows = [row for row in rows if row is not None]
+        size = self.config.batch_size
+        pad = self.tokenizer.pad_token_id
+        batches = [collate(rows[i : i + size], pad) for i in range(0, len(rows), size)]
+        seed_everything(self.config.seed)
+        self.method.initialize_on_server([to_device(b, self.device) for b in batches], indices)
 
     def encoded_partition(self, partition_id: int) -> list:
         if partition_id not in self._encoded:
@@ -179,16 +208,24 @@ class Runtime:
         return batches, encoded.summary()
 
 
-def hold_out(examples: list, count: int, seed: int, num_clients: int) -> tuple[list, list]:
-    """(training, validation): ``count`` examples drawn with ``seed`` go to validation, in
-    their original order; the rest stay for the clients. Same seed, same split."""
+def hold_out(
+    examples: list,
+    count: int,
+    seed: int,
+    num_clients: int,
+    *,
+    tag: int = 0x7A11D,
+    setting: str = "--eval_samples",
+) -> tuple[list, list]:
+    """(training, held out): ``count`` examples drawn with ``seed`` (and ``tag``, one per use)
+    are held out, in their original order; the rest stay for the clients. Same seed, same
+    split. ``setting`` names the flag that asked for them, for the error."""
     if len(examples) - count < num_clients:
         raise ConfigError(
-            f"--eval_split validation holds out --eval_samples {count} of the task's "
-            f"{len(examples)} training examples, leaving fewer than one per client "
-            f"({num_clients}); lower --eval_samples"
+            f"{setting} {count} holds out that many of the task's {len(examples)} training "
+            f"examples, leaving fewer than one per client ({num_clients}); lower {setting}"
         )
-    rng = np.random.default_rng([seed, 0x7A11D])
+    rng = np.random.default_rng([seed, tag])
     held = {int(i) for i in rng.choice(len(examples), count, replace=False)}
     training = [ex for i, ex in enumerate(examples) if i not in held]
     return training, [examples[i] for i in sorted(held)]

@@ -33,13 +33,14 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {"summary": _read_json(run_dir / "summary.json"), "rows": rows}
 
 
-def loss_curve(run: dict[str, Any]) -> list[tuple[int, float]]:
-    """(round, eval loss) from round 0 (the starting model) on."""
+def loss_curve(run: dict[str, Any], metric: str = "eval_loss") -> list[tuple[int, float]]:
+    """(round, loss) from round 0 (the starting model) on; ``metric`` is ``eval_loss`` (the
+    in-distribution held-out loss) or ``target_loss`` (the task's target set)."""
     curve = []
     initial = run["summary"].get("initial_eval") or {}
-    if "eval_loss" in initial:
-        curve.append((0, initial["eval_loss"]))
-    curve += [(row["round"], row["eval_loss"]) for row in run["rows"] if "eval_loss" in row]
+    if metric in initial:
+        curve.append((0, initial[metric]))
+    curve += [(row["round"], row[metric]) for row in run["rows"] if metric in row]
     return curve
 
 

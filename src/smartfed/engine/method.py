@@ -105,6 +105,25 @@ class FederatedMethod(ABC):
         """The module whose parameter names key every exchanged or saved tensor."""
         return self.model
 
+    # ------------------------------------------------------------------ server-side init
+    @property
+    def server_init_examples(self) -> int:
+        """Training examples the server reads before round 1 to initialise the method (held out
+        of every client's partition); 0: none (the default)."""
+        return 0
+
+    def initialize_on_server(
+        self, batches: list[dict[str, torch.Tensor]], indices: list[int]
+    ) -> None:
+        """Initialise from ``batches`` (the held-out examples, ``indices`` into the training
+        split) before round 1; only called when :attr:`server_init_examples` > 0."""
+        raise NotImplementedError(f"{self.name} has no server-side initialisation")
+
+    def setup_bytes(self) -> int:
+        """Bytes sent once before round 1 besides the global state (tensors every client
+        needs but nobody trains); counted in round 1's traffic."""
+        return 0
+
     # ------------------------------------------------------------------ state
     def is_communicated(self, name: str) -> bool:
         """Whether trainable parameter ``name`` is averaged on the server (default: all are)."""

@@ -255,6 +255,10 @@ class RunRecorder:
             **self.server_logic.round_fields(report.round_config),
             **(self.privacy.round_fields(absolute) if self.privacy else {}),  # ε spent so far
         }
+        setup = self.method.setup_bytes() if absolute == 1 else 0
+        if setup:  # tensors sent once before round 1 (Fed-SB's frozen A and B)
+            row["bytes_setup"] = setup
+            row["bytes_down"] += setup
         if self.config.clip_update_norm is not None:  # the norms C was compared with
             row["update_norms"] = {str(k): v for k, v in report.update_norms.items()}
         if self.is_eval_round(absolute) and self.method.evaluates_on_clients:

@@ -18,6 +18,9 @@ CLI. Each kind accepts its own options (:data:`GenerativeBenchmark.options`,
 * ``gsm_hard``: the question plus the PAL instruction; the generated ``solution()`` is run in the
   sandbox and its return value compared with the target (``abs_tol`` 1e-3, as PAL does).
   Program-execution accuracy.
+* ``mgsm_zh_math23k`` / ``gsm_hard_gsm8k_pal``: the target sets' test slices
+  (:mod:`smartfed.data.targets`), prompted as the task trains; the generated equation is
+  evaluated (MGSM-zh) or the program run in the sandbox (GSM-Hard). Accuracy.
 * ``humaneval`` / ``mbpp``: the generated code is run with the benchmark's own tests in the
   sandbox; a sample passes when every assertion holds. pass@1 with greedy decoding.
 
@@ -28,6 +31,7 @@ CLI. Each kind accepts its own options (:data:`GenerativeBenchmark.options`,
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from smartfed.evaluation.harness import EvalTarget
 
 PAL_ABS_TOL = 1e-3
+EQUATION = re.compile(r"列式[：:]\s*x\s*=\s*([^\n]+)")
 DEFAULT_TIMEOUT_S = SandboxLimits().timeout_s  # sandbox wall time per generated program
 LOSS_DEFAULT_DATA = "gsm8k"  # held-out data of `loss` when neither --data nor a run is given
 LOSS_DEFAULT_SPLIT = "test"
@@ -191,9 +196,11 @@ class GenerativeBenchmark(Benchmark):
         )
 
     def summary(self, result: dict[str, Any]) -> str:
+        interval = result.get("interval_95")
+        ci = f", 95% CI {interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
         return (
-            f"{result['metric']} {result['value']:.4f} ({result['correct']}/{result['n']}) on "
-            f"{self.name}"
+            f"{result['metric']} {result['value']:.4f} ({result['correct']}/{result['n']}{ci}) "
+            f"on {self.name}"
         )
 
 
@@ -345,6 +352,51 @@ register_benchmark(
         split="test",
         metric="accuracy",
         prompt=_pal_prompt,
+        score=_score_pal,
+        max_new_tokens=320,
+    )
+)
+
+
+# ------------------------------------------------------------------------------ target sets
+# The paper's benchmarks as the tasks' target sets (smartfed.data.targets): the prompt is the
+# training format's, so a model answers the way it was trained to.
+
+
+def _score_equation(example: Example, generation: str, _: SandboxLimits) -> Score:
+    """MGSM-zh in Math23K's format: the generated ``列式：x=...`` equation is evaluated."""
+    from smartfed.data.arith import ArithmeticEvalError, evaluate
+
+    match = EQUATION.search(generation)
+    if match is None:
+        return Score(extracted=None, correct=False, detail="no 列式：x=... line")
+    try:
+        value = evaluate(match.group(1).strip().replace("^", "**"), percent=True)
+    except ArithmeticEvalError as exc:
+        return Score(extracted=match.group(1), correct=False, detail=f"not arithmetic: {exc}")
+    correct = numbers_match(float(value), float(example.meta["answer"]))
+    return Score(extracted=value, correct=correct, detail="" if correct else f"= {value!r}")
+
+
+register_benchmark(
+    GenerativeBenchmark(
+        name="mgsm_zh_math23k",
+        description="MGSM-zh target test slice (cn_math), the generated equation's value",
+        dataset="mgsm_zh_math23k",
+        split="test",
+        metric="accuracy",
+        prompt=_question,
+        score=_score_equation,
+    )
+)
+register_benchmark(
+    GenerativeBenchmark(
+        name="gsm_hard_gsm8k_pal",
+        description="GSM-Hard target test slice (math_code), PAL program execution accuracy",
+        dataset="gsm_hard_gsm8k_pal",
+        split="test",
+        metric="accuracy",
+        prompt=_question,  # the prompt already holds the PAL instruction
         score=_score_pal,
         max_new_tokens=320,
     )

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smartfed.bench.results import read_run, report_run_dirs, results_markdown
+from smartfed.bench.results import loss_curve, read_run, report_run_dirs, results_markdown
 from smartfed.errors import ConfigError
 from smartfed.report import plots
 from smartfed.utils.io import write_text_atomic
@@ -60,7 +60,20 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
         raise ConfigError(f"{folder}: no finished runs to report yet")
 
     lines = [f"# SmartFed report: {title}", ""]
-    images = [
+    images = []
+    # The target set (the task's other benchmark) first, where the runs scored one.
+    if any(loss_curve(run, "target_loss") for run in runs.values()):
+        images += [
+            (
+                "Target-set loss per round",
+                plots.loss_vs_round(runs, out / "target_vs_round.png", title, "target_loss"),
+            ),
+            (
+                "Target-set loss vs cumulative communication",
+                plots.loss_vs_bytes(runs, out / "target_vs_bytes.png", title, "target_loss"),
+            ),
+        ]
+    images += [
         ("Eval loss per round", plots.loss_vs_round(runs, out / "loss_vs_round.png", title)),
         (
             "Eval loss vs cumulative communication",

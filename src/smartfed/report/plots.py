@@ -41,10 +41,18 @@ def _line_style(index: int) -> dict[str, Any]:
     }
 
 
-def loss_vs_round(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
+LOSS_LABELS = {
+    "eval_loss": "eval loss (answer tokens)",
+    "target_loss": "target-set loss (answer tokens)",
+}
+
+
+def loss_vs_round(
+    runs: dict[str, dict[str, Any]], path: Path, title: str, metric: str = "eval_loss"
+) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for index, (label, run) in enumerate(runs.items()):
-        curve = loss_curve(run)
+        curve = loss_curve(run, metric)
         if not curve:
             continue
         x, y = zip(*curve, strict=True)
@@ -56,28 +64,30 @@ def loss_vs_round(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
             ax.plot(x, y, label=label, **style)
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("eval loss (answer tokens)")
+    ax.set_ylabel(LOSS_LABELS[metric])
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 
-def loss_vs_bytes(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
-    """Eval loss against cumulative traffic (up + down); log x, so round 0 is left out."""
+def loss_vs_bytes(
+    runs: dict[str, dict[str, Any]], path: Path, title: str, metric: str = "eval_loss"
+) -> Path:
+    """A loss against cumulative traffic (up + down); log x, so round 0 is left out."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for index, (label, run) in enumerate(runs.items()):
         total, points = 0, []
         for row in run["rows"]:
             total += row["bytes_up"] + row["bytes_down"]
-            if "eval_loss" in row:
-                points.append((total / 2**20, row["eval_loss"]))
+            if metric in row:
+                points.append((total / 2**20, row[metric]))
         if points:
             x, y = zip(*points, strict=True)
             ax.plot(x, y, label=label, **_line_style(index))
     ax.set_xscale("log")
     ax.set_xlabel("cumulative communication, MiB (up + down, log scale)")
-    ax.set_ylabel("eval loss (answer tokens)")
+    ax.set_ylabel(LOSS_LABELS[metric])
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
