@@ -27,6 +27,7 @@ from smartfed.engine.training import client_seed, seed_everything
 from smartfed.errors import ConfigError
 from smartfed.methods import build_method
 from smartfed.models import LoadedModel, check_load_in_4bit, load_base_model, resolve_device
+from smartfed.models.device import warn_if_slow_half_on_cpu
 from smartfed.pool import PoolRegistry, load_pool
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ def load_run_model(
     not depend on the device) and then moved by :func:`place_method`; a 4-bit model is loaded
     straight onto its GPU, where bitsandbytes quantizes it."""
     target = resolve_device(device or config.device)
+    warn_if_slow_half_on_cpu(target, config.dtype)  # once per process, measured
     loaded = load_base_model(
         model_override or config.model_name_or_path,
         dtype=config.dtype,
