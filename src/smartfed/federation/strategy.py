@@ -316,10 +316,11 @@ class SmartFedStrategy(FedAvg):
         arrays = recast(arrays, self.wire_dtype)
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         report.bytes_eval = record_bytes(content) * len(nodes)
-        return [
+        self._sent = [  # training is aggregated by now: replies are matched to these
             Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
             for node in nodes
         ]
+        return self._sent
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -328,7 +329,7 @@ class SmartFedStrategy(FedAvg):
         report = self._current(absolute)
         loss_sum, tokens = 0.0, 0
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = self.sender(reply)
             if reply.has_error():
                 log.warning("round %d: client %d failed to evaluate: %s", absolute, node,
                             reply.error.reason)  # fmt: skip
