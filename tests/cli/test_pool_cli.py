@@ -204,3 +204,19 @@ def test_model_state_is_untouched_by_validation(make_adapter):
     load_lora_adapter(make_adapter("x")).validate_against(model)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_config_naming_targets_the_weights_lack(capsys, make_adapter, tiny_model_dir):
+    path = make_adapter("overclaims", r=4)
+    config = json.loads((path / "adapter_config.json").read_text())
+    config["target_modules"] = ["q_proj", "v_proj", "qkv_fused"]
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    code, _, err = _validate(capsys, path, tiny_model_dir)
+    _assert_one_line_error(
+        code, err, "qkv_fused", str(path / "adapter_config.json"), "adapt q_proj, v_proj"
+    )
+    # A target of the model that the weights lack is refused the same way.
+    config["target_modules"] = ["q_proj", "v_proj", "k_proj"]
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    code, _, err = _validate(capsys, path, tiny_model_dir)
+    _assert_one_line_error(code, err, "target_modules k_proj,")

@@ -45,6 +45,15 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
         (["--method", "mole", "--router", "nope"], "unknown router design 'nope'"),
         (["--ema_beta", "1.0"], "--ema_beta must be < 1"),
         (["--router_init_std", "-1"], "--router_init_std must be >= 0"),
+        # DP privatises the routers only; EEQA's quotas would leak the clients' importance.
+        (
+            ["--dp_noise_multiplier", "1", "--dp_clip_norm", "1", "--topk_experts", "4"],
+            "add --no-enable_eeqa (uniform K) or --dense to run SmartFed under DP",
+        ),
+        (
+            ["--dp_noise_multiplier", "1", "--dp_clip_norm", "1", "--no-dense"],
+            "EEQA steers each round's quotas by the clients' importance statistics",
+        ),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_work(capsys, tmp_path, argv, fragment):

@@ -11,6 +11,7 @@ import pytest
 
 from smartfed.engine.config import RunConfig
 from smartfed.engine.privacy import (
+    COVERAGE,
     KEY_FILE,
     RDP_ORDERS,
     CentralPrivacy,
@@ -209,3 +210,16 @@ def test_bad_dp_values_are_refused_in_one_line(values, message):
     with pytest.raises(ConfigError, match=message) as caught:
         _config(**values)
     assert "\n" not in str(caught.value)
+
+
+def test_dp_refuses_eeqa_and_runs_smartfed_with_uniform_k_or_dense():
+    from smartfed.methods.smartfed import SmartFedSettings
+
+    dp = dict(dp_noise_multiplier=1.0, dp_clip_norm=1.0)
+    with pytest.raises(ConfigError, match=r"--no-enable_eeqa \(uniform K\) or --dense") as caught:
+        _config(settings=SmartFedSettings(topk_experts=4), **dp)
+    assert "\n" not in str(caught.value)
+    uniform = _config(settings=SmartFedSettings(topk_experts=4, enable_eeqa=False), **dp)
+    assert not uniform.settings.eeqa_active
+    assert _config(settings=SmartFedSettings(), **dp).settings.dense  # SmartFed's default
+    assert "EEQA" in COVERAGE and "refused under DP" in COVERAGE

@@ -94,7 +94,8 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-DP = dict(dp_noise_multiplier=0.9, dp_clip_norm=0.05, dp_accounting="poisson")
+# EEQA is refused under DP (its quotas would leak the clients' importance): uniform K.
+DP = dict(dp_noise_multiplier=0.9, dp_clip_norm=0.05, dp_accounting="poisson", enable_eeqa=False)
 
 
 def test_dp_run_records_epsilon_per_round_and_in_the_summary(tiny_run_config):
@@ -111,7 +112,9 @@ def test_dp_run_records_epsilon_per_round_and_in_the_summary(tiny_run_config):
     assert privacy["epsilon"] == pytest.approx(expected[-1], rel=1e-9)
     assert privacy["rounds"] == 3 and privacy["sampling_rate"] == 0.5
     assert privacy["noise_std"] == pytest.approx(0.9 * 0.05 / 2)
-    assert "not privatised" in privacy["covers"]
+    assert "EEQA" in privacy["covers"] and "refused under DP" in privacy["covers"]
+    # Uniform K: every round broadcasts the same quotas, whatever the clients sent.
+    assert len({json.dumps(r["quotas"]) for r in rows}) == 1
     assert stat.S_IMODE((run / KEY_FILE).stat().st_mode) == 0o600
     saved = json.loads((run / "config.json").read_text())
     assert saved["dp_noise_multiplier"] == 0.9 and saved["dp_accounting"] == "poisson"

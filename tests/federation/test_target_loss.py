@@ -48,9 +48,12 @@ def test_target_loss_every_round_and_in_the_summary(tiny_run_config, target_patt
 
     # The recorded figure is the loss of the final model on the test file's items.
     runtime = get_runtime(config)
-    assert [e.prompt for e in runtime.target_examples][0] == json.loads(
-        Path(target_pattern.replace("{split}", "test")).read_text().splitlines()[0]
-    )["prompt"]
+    assert (
+        runtime.target_examples[0].prompt
+        == json.loads(Path(target_pattern.replace("{split}", "test")).read_text().splitlines()[0])[
+            "prompt"
+        ]
+    )
     final = evaluate_loss(runtime.method.model, runtime.target_batches, prefix="target")
     assert final["target_loss"] == pytest.approx(rows[-1]["target_loss"], abs=1e-6)
 

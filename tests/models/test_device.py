@@ -185,3 +185,52 @@ def test_a_fresh_lora_trains_on_a_checkpointed_bfloat16_base():
     assert all(g is not None and g.dtype == torch.float32 for g in grads)
     assert all(lora[n].grad is not None and lora[n].grad.abs().sum() > 0
                for n in lora if "lora_B" in n)  # fmt: skip
+
+
+def test_half_dtype_on_a_cpu_without_native_matmul_warns_once_with_the_measured_slowdown(
+    monkeypatch, caplog, tiny_run_config
+):
+    from smartfed.assembly.runtime import load_run_model
+
+    times = {torch.float32: 0.002, torch.bfloat16: 0.017, torch.float16: 0.031}
+    measured: list[torch.dtype] = []
+
+    def fake_time(dtype, *args, **kwargs):
+        measured.append(dtype)
+        return times[dtype]
+
+    monkeypatch.setattr(device_module, "time_matmul", fake_time)
+    monkeypatch.setattr(device_module, "cpu_has_native_half", lambda dtype: False)
+    monkeypatch.setattr(device_module, "_warned_dtypes", set())
+    cpu = torch.device("cpu")
+    with caplog.at_level("WARNING", logger=device_module.__name__):
+        load_run_model(tiny_run_config(dtype="bfloat16", device="cpu"))
+        # Once per process: a second model load in the same dtype does not measure again.
+        assert device_module.warn_if_slow_half_on_cpu(cpu, "bfloat16") is None
+        fp16 = device_module.warn_if_slow_half_on_cpu(cpu, "float16")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[1] == fp16
+    assert "\n" not in lines[0]
+    assert lines[0].startswith("--dtype bfloat16: this CPU has no native bfloat16 matmul")
+    assert "measured 8.5x the time of float32" in lines[0]
+    assert "15.5x" in fp16
+    assert measured == [torch.float32, torch.bfloat16, torch.float32, torch.float16]
+
+
+def test_no_slowdown_warning_where_half_matmuls_are_native_or_not_used(monkeypatch):
+    def must_not_time(*args, **kwargs):
+        raise AssertionError("measured without need")
+
+    monkeypatch.setattr(device_module, "time_matmul", must_not_time)
+    monkeypatch.setattr(device_module, "_warned_dtypes", set())
+    warn = device_module.warn_if_slow_half_on_cpu
+    assert warn(torch.device("cpu"), "float32") is None
+    assert warn(torch.device("cuda", 0), "bfloat16") is None
+    monkeypatch.setattr(device_module, "cpu_has_native_half", lambda dtype: True)
+    assert warn(torch.device("cpu"), "bfloat16") is None
+
+
+def test_the_real_matmul_timer_is_cheap():
+    # Whatever this CPU supports, the measurement itself stays small.
+    assert 0 < device_module.time_matmul(torch.float32) < 0.5
+    assert isinstance(device_module.cpu_has_native_half(torch.bfloat16), bool)

@@ -34,6 +34,7 @@ from smartfed.models import (
     resolve_device,
     to_device,
 )
+from smartfed.models.device import warn_if_slow_half_on_cpu
 from smartfed.pool import PoolRegistry, load_pool
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,7 @@ def load_run_model(
     not depend on the device) and then moved by :func:`place_method`; a 4-bit model is loaded
     straight onto its GPU, where bitsandbytes quantizes it."""
     target = resolve_device(device or config.device)
+    warn_if_slow_half_on_cpu(target, config.dtype)  # once per process, measured
     loaded = load_base_model(
         model_override or config.model_name_or_path,
         dtype=config.dtype,

@@ -386,6 +386,9 @@ class RunConfig(Settings):
                 f"--dp_noise_multiplier averages updates clipped to --dp_clip_norm; {flag} "
                 "does not compose with it (its noise is calibrated to that mean)"
             )
+        refusal = self.settings.dp_refusal()
+        if refusal:
+            raise ConfigError(refusal)
         if self.secure_aggregation:
             raise ConfigError(
                 "--dp_noise_multiplier clips each client's update on the server, which "

@@ -30,11 +30,12 @@ were sampled; metrics.jsonl and ``dp_key.json`` must then stay with the server. 
 replace-one is not comparable with ε under add-or-remove (replacing is removing, then adding).
 
 What ε covers: only the arrays the server releases (each round's global state, which the next
-clients receive, and final/). Not covered, and sent or written in the clear: each client's
+clients receive, and final/). Not covered, and sent to the server in the clear: each client's
 number of examples, training loss and step time, and SmartFed's importance statistics and
-token counts, from which EEQA's quota table (broadcast each round, in metrics.jsonl) is
-computed. SmartFed with ``--no-enable_eeqa`` broadcasts the same uniform quotas every round, so
-nothing but the private state leaves the server.
+token counts. None of them steers what the server broadcasts: EEQA, whose quota table
+(broadcast each round) would be computed from the importance statistics, is refused under DP
+(``SmartFedSettings.dp_refusal``), so SmartFed runs DP with uniform K (``--no-enable_eeqa``)
+or ``--dense``, and nothing but the private state leaves the server.
 
 The noise, and under DP the choice of clients (:meth:`CentralPrivacy.sampling_seed`), come from
 a secret key drawn from the operating system when the run starts and kept in the run directory
@@ -75,7 +76,8 @@ KEY_FILE = "dp_key.json"
 COVERAGE = (
     "epsilon covers the arrays the server releases (each round's global state and final/) "
     "only; clients' example counts, training losses, step times and SmartFed's importance "
-    "statistics and token counts (hence EEQA's quota table) are not privatised"
+    "statistics and token counts reach the server unprivatised and steer nothing it releases "
+    "(EEQA, which would broadcast quotas computed from them, is refused under DP)"
 )
 
 

@@ -140,6 +140,12 @@ class MethodSettings(Settings):
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def dp_refusal(self) -> str | None:
+        """Why these settings cannot run under central DP (one line naming what to use
+        instead), or None. DP privatises only the averaged state: a method whose clients'
+        metrics steer what the server broadcasts must refuse it (SmartFed's EEQA)."""
+        return None
+
     @classmethod
     def inapplicable(cls, values: dict[str, Any]) -> set[str]:
         """Settings that ``values`` make meaningless (e.g. EEQA's under ``dense``): refused

@@ -60,6 +60,7 @@ def load_eval_target(
     ``device``: a ``--device`` spec (default auto); ``dtype``: the base model's precision
     (default: a run's own ``--dtype``, else float32)."""
     from smartfed.models import DEFAULT_MODEL, load_base_model, resolve_device
+    from smartfed.models.device import warn_if_slow_half_on_cpu
 
     chosen = [name for name, v in (("--adapter", adapter), ("--pool_module", pool_module),
                                    ("--run", run_dir)) if v]  # fmt: skip
@@ -77,6 +78,7 @@ def load_eval_target(
         item = pool_module or adapter
         lora, _ = load_pool_module(item, registry)  # validates the folder with a clear error
     target = resolve_device(device or "auto")
+    warn_if_slow_half_on_cpu(target, dtype or "float32")
     loaded = load_base_model(
         model_name_or_path or DEFAULT_MODEL, dtype=dtype or "float32", device=target
     )

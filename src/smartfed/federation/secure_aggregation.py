@@ -310,8 +310,11 @@ class _CountingGrid(Grid):
         messages = list(messages)
         self.bytes_sent += sum(_content_bytes(m.content) for m in messages)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        # The SuperLink answers for a node lost mid-round under its own id: map each reply to
+        # the node of the message it answers (ids are set in place when pushed).
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             self.repliers.add(node)
             if reply.has_error():
                 self.failed.setdefault(node, f"client error: {reply.error.reason}")

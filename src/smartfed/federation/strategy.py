@@ -120,6 +120,8 @@ class SmartFedStrategy(FedAvg):
         # Node ids in partition order, for the node ids they were asked for.
         self._asked: list[int] = []
         self._ordered: list[int] = []
+        self._rounds_started = False  # whether this server has sent a round yet
+        self._sent: list[Message] = []  # the round's training messages (ids set once pushed)
 
     def run(
         self, grid: Grid, global_state: dict[str, torch.Tensor], num_rounds: int
@@ -139,18 +141,45 @@ class SmartFedStrategy(FedAvg):
         return server_round + self.round_offset
 
     # ------------------------------------------------------------------ sampling
-    def _wait_for_nodes(self, grid: Grid) -> list[int]:
-        deadline = time.time() + self.node_wait_s
-        while True:
+    def nodes_wanted(self) -> int:
+        """Nodes to wait for before a round: all ``num_clients`` before the first round this
+        server runs (every partition should be known), then only ``sample_clients``, so that
+        a lost node does not hold every later round until the wait expires."""
+        return self.num_clients if not self._rounds_started else self.sample_clients
+
+    def nodes_needed(self) -> int:
+        """Fewest nodes a round may run with once the wait has expired: ``min_replies``; under
+        DP all ``sample_clients``, since the noise and the accountant assume that many."""
+        return self.sample_clients if self.privacy is not None else self.min_replies
+
+    def _wait_for_nodes(self, grid: Grid, absolute: int) -> list[int]:
+        node_ids = sorted(grid.get_node_ids())
+        wanted = self.nodes_wanted()
+        if len(node_ids) >= wanted:
+            return node_ids
+        # Logged once per wait, so a deployment that seems to hang says what it waits for.
+        log.warning(
+            "round %d: %d of %d clients connected; waiting up to %.0f s for %d",
+            absolute, len(node_ids), self.num_clients, self.node_wait_s, wanted,
+        )  # fmt: skip
+        deadline = time.monotonic() + self.node_wait_s
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
             node_ids = sorted(grid.get_node_ids())
-            if len(node_ids) >= self.num_clients:
+            if len(node_ids) >= wanted:
                 return node_ids
-            if time.time() > deadline:
-                raise RoundFailed(
-                    f"only {len(node_ids)} of {self.num_clients} clients connected within "
-                    f"{self.node_wait_s:.0f} s"
-                )
-            time.sleep(1.0)
+        needed = self.nodes_needed()
+        if len(node_ids) >= needed:
+            log.warning(
+                "round %d: %d clients connected after %.0f s (wanted %d): the round runs with them",
+                absolute, len(node_ids), self.node_wait_s, wanted,
+            )  # fmt: skip
+            return node_ids
+        raise RoundFailed(
+            f"round {absolute}: only {len(node_ids)} of {self.num_clients} clients connected "
+            f"within {self.node_wait_s:.0f} s, need at least {needed}; the run stopped after its "
+            "last complete round and continues with --resume once enough nodes are back"
+        )
 
     def _in_partition_order(self, grid: Grid, node_ids: list[int]) -> list[int]:
         """``node_ids`` ordered by the ``partition-id`` each node reports; as given (sorted
@@ -179,11 +208,13 @@ class SmartFedStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         absolute = self.absolute_round(server_round)
-        node_ids = self._in_partition_order(grid, self._wait_for_nodes(grid))
+        node_ids = self._in_partition_order(grid, self._wait_for_nodes(grid, absolute))
+        self._rounds_started = True
         # Under DP the sample must be secret, like the noise: drawn from the run's DP key.
         seed = self.privacy.sampling_seed(absolute) if self.privacy else [self.seed, absolute]
         rng = np.random.default_rng(seed)
-        drawn = rng.choice(len(node_ids), self.sample_clients, replace=False)
+        # Fewer nodes than sample_clients only after a wait expired: sample all of them.
+        drawn = rng.choice(len(node_ids), min(self.sample_clients, len(node_ids)), replace=False)
         chosen = [node_ids[i] for i in sorted(int(d) for d in drawn)]
         extra = self.server_logic.round_config()
         config = ConfigRecord({**dict(config), **extra, "server-round": absolute})
@@ -193,12 +224,20 @@ class SmartFedStrategy(FedAvg):
         report = RoundReport(server_round=absolute, sampled=chosen, round_config=extra)
         report.bytes_down = record_bytes(content) * len(chosen)
         self._report = report
-        return [
+        self._sent = [
             Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
             for node in chosen
         ]
+        return self._sent
 
     # ------------------------------------------------------------------ aggregation
+    def sender(self, reply: Message) -> int:
+        """The node a reply is about. The SuperLink answers for a node that stopped sending
+        heartbeats itself: the error reply's ``src_node_id`` is the SuperLink's own id, so
+        the node is found from the message the reply answers."""
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        return asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -207,7 +246,7 @@ class SmartFedStrategy(FedAvg):
         replies = list(replies)
         usable: list[Message] = []
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = self.sender(reply)
             if reply.has_error():
                 report.dropped[node] = f"client error: {reply.error.reason}"
                 continue
@@ -217,13 +256,13 @@ class SmartFedStrategy(FedAvg):
                 report.dropped[node] = reason
             else:
                 usable.append(reply)
-        missing = set(report.sampled) - {r.metadata.src_node_id for r in replies}
+        missing = set(report.sampled) - {self.sender(r) for r in replies}
         for node in sorted(missing):
             report.dropped[node] = "no reply"
         for node, reason in sorted(report.dropped.items()):
             log.warning("round %d: dropped client %d: %s", absolute, node, reason)
         rank = {node: i for i, node in enumerate(self._ordered)}
-        usable.sort(key=lambda reply: rank.get(reply.metadata.src_node_id, len(rank)))
+        usable.sort(key=lambda reply: rank.get(self.sender(reply), len(rank)))
         if len(usable) < self.min_replies:
             raise RoundFailed(
                 f"round {absolute}: {len(usable)} usable client replies of "
@@ -277,10 +316,11 @@ class SmartFedStrategy(FedAvg):
         arrays = recast(arrays, self.wire_dtype)
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         report.bytes_eval = record_bytes(content) * len(nodes)
-        return [
+        self._sent = [  # training is aggregated by now: replies are matched to these
             Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
             for node in nodes
         ]
+        return self._sent
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -289,7 +329,7 @@ class SmartFedStrategy(FedAvg):
         report = self._current(absolute)
         loss_sum, tokens = 0.0, 0
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = self.sender(reply)
             if reply.has_error():
                 log.warning("round %d: client %d failed to evaluate: %s", absolute, node,
                             reply.error.reason)  # fmt: skip

@@ -155,9 +155,7 @@ class FedSB(FederatedMethod):
                 weight = weights[name]
                 gradient, weight.grad = weight.grad, None
                 weight.requires_grad_(False)
-                b, r, a = sign_update_factors(
-                    gradient, self.rank, rate, layer.scaling[ADAPTER]
-                )
+                b, r, a = sign_update_factors(gradient, self.rank, rate, layer.scaling[ADAPTER])
                 slot: ProjectThenMix = layer.lora_A[ADAPTER]
                 slot.project.weight.copy_(a)
                 slot.mix.weight.copy_(r)

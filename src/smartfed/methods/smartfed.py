@@ -164,6 +164,17 @@ class SmartFedSettings(MethodSettings):
         eeqa_only = {"eeqa_warmup_rounds", "k_min", "ema_beta", *EEQA_LIMITS}
         return dropped | (set() if eeqa_on else eeqa_only)
 
+    def dp_refusal(self) -> str | None:
+        # EEQA's quotas follow the clients' importance statistics, which DP does not noise:
+        # the broadcast quota table would leak them. Refused rather than privatised.
+        if not self.eeqa_active:
+            return None
+        return (
+            "--dp_noise_multiplier privatises the averaged routers only, but EEQA steers each "
+            "round's quotas by the clients' importance statistics, sent in the clear: add "
+            "--no-enable_eeqa (uniform K) or --dense to run SmartFed under DP"
+        )
+
     @property
     def eeqa_active(self) -> bool:
         return bool(self.enable_eeqa) and not self.dense

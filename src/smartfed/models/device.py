@@ -11,7 +11,9 @@ exactly as they did before these settings existed.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
+import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -20,6 +22,8 @@ import torch
 from torch import nn
 
 from smartfed.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -137,6 +141,62 @@ def check_load_in_4bit(device: torch.device) -> None:
             f"--load_in_4bit needs {' and '.join(missing)}, not installed: "
             f"pip install {' '.join(missing)}"
         )
+
+
+# A matmul small enough that the float32 one takes well under a millisecond and an emulated
+# half-precision one a few milliseconds: cheap to measure at start.
+SLOWDOWN_MATMUL_SIZE = 128
+_warned_dtypes: set[torch.dtype] = set()  # one warning per process and dtype
+
+
+def cpu_has_native_half(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies ``dtype`` matrices natively (oneDNN's own check: AVX512-BF16
+    or AMX for bfloat16, AVX512-FP16 or AMX-FP16 for float16); False when torch cannot tell."""
+    checks = {
+        torch.bfloat16: "_is_mkldnn_bf16_supported",
+        torch.float16: "_is_mkldnn_fp16_supported",
+    }
+    try:
+        return bool(getattr(torch.ops.mkldnn, checks[dtype])())
+    except (KeyError, AttributeError, RuntimeError):
+        return False
+
+
+def time_matmul(dtype: torch.dtype, size: int = SLOWDOWN_MATMUL_SIZE, repeats: int = 3) -> float:
+    """Seconds of one ``size`` x ``size`` matmul in ``dtype`` on the CPU (the best of
+    ``repeats``, after one warm-up)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
+    a @ b  # warm-up: first-call dispatch and allocation are not the matmul
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def warn_if_slow_half_on_cpu(device: torch.device, dtype_name: str) -> str | None:
+    """Warn once (and return the line) when ``--dtype`` is a half type on a CPU that lacks
+    native matmuls for it: torch then emulates them, and a run is slower than in float32,
+    not faster. The slowdown is measured on a small matmul rather than assumed."""
+    dtype = torch_dtype(dtype_name)
+    if device.type != "cpu" or dtype not in HALF_DTYPES or dtype in _warned_dtypes:
+        return None
+    if cpu_has_native_half(dtype):
+        return None
+    _warned_dtypes.add(dtype)
+    reference = max(time_matmul(torch.float32), 1e-9)
+    ratio = time_matmul(dtype) / reference
+    size = SLOWDOWN_MATMUL_SIZE
+    message = (
+        f"--dtype {dtype_name}: this CPU has no native {dtype_name} matmul, so torch emulates it; "
+        f"a {size}x{size} matmul measured {ratio:.1f}x the time of float32 here "
+        "(--dtype float32 is likely faster on this machine)"
+    )
+    log.warning(message)
+    return message
 
 
 def _installed(module: str) -> bool:

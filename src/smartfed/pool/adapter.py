@@ -179,6 +179,31 @@ def _read_config(source: str, name: str):
     return config
 
 
+def _check_declared_targets(
+    config, matrices: dict[str, LoraMatrix], source: str, name: str
+) -> None:
+    """Refuse an adapter_config.json whose ``target_modules`` lists a module that no weight
+    adapts: the summary would otherwise show only the adapted ones, and the config would
+    claim more than the adapter holds (e.g. a fused ``qkv`` projection the weights lack)."""
+    declared = getattr(config, "target_modules", None)
+    # A regex string or "all-linear" names no modules one by one: nothing to compare.
+    if not isinstance(declared, list | set | tuple):
+        return
+    # PEFT's rule: a target matches a module whose name is it or ends with ".<target>".
+    missing = sorted(
+        str(target)
+        for target in declared
+        if not any(m == target or m.endswith(f".{target}") for m in matrices)
+    )
+    if missing:
+        where = Path(source) / "adapter_config.json" if Path(source).exists() else source
+        adapted = ", ".join(sorted({m.rsplit(".", 1)[-1] for m in matrices}))
+        raise PoolError(
+            f"pool module '{name}': {where} names target_modules {', '.join(missing)}, which "
+            f"its weights do not adapt (they adapt {adapted}); fix target_modules or the weights"
+        )
+
+
 def load_lora_adapter(source: str | Path, name: str | None = None) -> LoraAdapter:
     """Load a PEFT LoRA adapter folder (or hub id) and split it into per-matrix LoRA updates."""
     from peft.utils.save_and_load import load_peft_weights
@@ -256,6 +281,7 @@ def load_lora_adapter(source: str | Path, name: str | None = None) -> LoraAdapte
         matrices[module_name] = LoraMatrix(
             module_name, lora_a.float().contiguous(), lora_b.float().contiguous(), alpha, scaling
         )
+    _check_declared_targets(config, matrices, source, name)
     return LoraAdapter(
         name=name,
         source=source,

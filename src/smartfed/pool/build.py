@@ -200,6 +200,7 @@ def build_pool_module(
 
     from smartfed.data import BatchStream, encode_example, load_examples
     from smartfed.models import autocast, load_base_model, resolve_device, to_device, torch_dtype
+    from smartfed.models.device import warn_if_slow_half_on_cpu
 
     if checkpoint_every < 1:
         raise ConfigError(f"--checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -210,6 +211,7 @@ def build_pool_module(
     )
 
     target = resolve_device(device)
+    warn_if_slow_half_on_cpu(target, recipe.dtype)
     torch.manual_seed(recipe.seed)
     loaded = load_base_model(model_name_or_path, dtype=recipe.dtype)
     encoded = [encode_example(loaded.tokenizer, ex, recipe.max_seq_len) for ex in examples]

@@ -17,7 +17,8 @@ from torch import nn
 
 from smartfed.errors import PoolError
 from smartfed.pool.adapter import LoraAdapter, load_lora_adapter
-from smartfed.pool.pinning import check_pins
+from smartfed.pool.hub import fetch_hub_module
+from smartfed.pool.pinning import verified_source
 from smartfed.pool.registry import PoolEntry, PoolRegistry
 
 
@@ -112,7 +113,9 @@ def resolve_pool_item(
     """Map one pool item (a registry name, a local folder or a hub id) to (name, source, entry).
 
     A registered module's files must match the digests its manifest pins
-    (:mod:`smartfed.pool.pinning`); ``verify_pins=False`` is for inspecting one."""
+    (:mod:`smartfed.pool.pinning`); a hub module is fetched at its pinned commit, or pinned at
+    its first download. ``verify_pins=False`` is for inspecting one (a hub module: its ``main``,
+    what ``smartfed pool lock`` would pin)."""
     if item in registry.entries:
         entry = registry.entries[item]
         if not entry.is_available():
@@ -122,7 +125,9 @@ def resolve_pool_item(
                 f"(recipe: {entry.recipe.get('how', 'unknown')})"
             )
         if verify_pins:
-            check_pins(entry)
+            return item, verified_source(entry), entry
+        if entry.is_hub:
+            return item, str(fetch_hub_module(entry, None)[0]), entry
         return item, entry.resolved_source(), entry
     path = Path(item).expanduser()
     if path.exists():

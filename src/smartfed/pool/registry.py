@@ -11,16 +11,18 @@ A manifest is a JSON file::
                     "rank": 32, "alpha": 64,
                     "recipe": {...},                # how it was made (data, steps, loss, ...)
                     "sha256": {"adapter_config.json": "9f2c...",       # the pinned files
-                               "adapter_model.safetensors": "04ab..."}}}}
+                               "adapter_model.safetensors": "04ab..."},
+                    "revision": "3f1e..."}}}             # hub sources: the pinned commit
 
 The package ships one manifest (``smartfed/pool/manifest.json``) for the seed's names. Users add
 their own with ``--pool_manifest FILE`` or ``$SMARTFED_POOL_MANIFEST``; their entries override the
 built-in ones of the same name. ``smartfed pool build`` registers what it builds in the user's
 manifest (:func:`user_manifest_path`), which every registry reads.
 
-``sha256`` pins a local module's files (:mod:`smartfed.pool.pinning`): a module whose files no
-longer match is refused before any model loads, and so is a local module with no pins at all
-(``smartfed pool lock NAME`` pins it). Hub sources (``hf://``) are not pinned.
+``sha256`` pins a module's files (:mod:`smartfed.pool.pinning`): a module whose files no longer
+match is refused before any model loads, and so is a local module with no pins at all
+(``smartfed pool lock NAME`` pins it). A hub source (``hf://``) also pins ``revision``, the commit
+its files were downloaded at; both are recorded at its first download.
 
 This module only reads and writes manifests; it never imports the trainer
 (:mod:`smartfed.pool.build`), which imports it.
@@ -65,6 +67,7 @@ class PoolEntry:
     recipe: dict[str, Any] = field(default_factory=dict)
     manifest: str = ""
     sha256: dict[str, str] = field(default_factory=dict)  # file name in the folder -> digest
+    revision: str = ""  # hub sources: the pinned commit hash ("" until first downloaded)
 
     @property
     def is_hub(self) -> bool:
@@ -89,6 +92,8 @@ class PoolEntry:
         data.pop("manifest")
         if not data["sha256"]:
             data.pop("sha256")
+        if not data["revision"]:
+            data.pop("revision")
         return data
 
 
@@ -108,6 +113,26 @@ def _parse_digests(path: Path, name: str, raw: Any) -> dict[str, str]:
                 f"{where}.{file} must be a 64-digit lowercase hex sha256, got {digest!r}"
             )
     return dict(raw)
+
+
+def is_commit_hash(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _parse_revision(path: Path, name: str, item: dict[str, Any]) -> str:
+    if "revision" not in item:
+        return ""
+    where = f"pool manifest {path}: modules.{name}.revision"
+    if not str(item["source"]).startswith(HUB_PREFIX):
+        raise PoolError(f"{where} applies to hub sources (hf://...) only")
+    if not is_commit_hash(item["revision"]):
+        raise PoolError(
+            f"{where} must be a 40-digit lowercase hex commit hash (a branch or tag would move), "
+            f"got {item['revision']!r}"
+        )
+    return str(item["revision"])
 
 
 def _parse_manifest(path: Path) -> dict[str, PoolEntry]:
@@ -150,6 +175,7 @@ def _parse_manifest(path: Path) -> dict[str, PoolEntry]:
             recipe=recipe,
             manifest=str(path),
             sha256=_parse_digests(path, name, item.get("sha256", {})),
+            revision=_parse_revision(path, name, item),
         )
     return entries
 
@@ -208,12 +234,16 @@ def add_manifest_entry(manifest: str | Path, entry: PoolEntry) -> None:
     write_json_atomic(path, data)
 
 
-def set_manifest_digests(manifest: str | Path, name: str, digests: dict[str, str]) -> None:
-    """Replace the ``sha256`` pins of module ``name`` in ``manifest``, written atomically; every
-    other field and module is kept as it is."""
+def set_manifest_digests(
+    manifest: str | Path, name: str, digests: dict[str, str], revision: str | None = None
+) -> None:
+    """Replace the ``sha256`` pins (and for a hub source its ``revision``) of module ``name`` in
+    ``manifest``, written atomically; every other field and module is kept as it is."""
     path = Path(manifest)
     data = json.loads(path.read_text(encoding="utf-8"))
     data["modules"][name]["sha256"] = dict(sorted(digests.items()))
+    if revision is not None:
+        data["modules"][name]["revision"] = revision
     try:
         write_json_atomic(path, data)
     except OSError as exc:
