@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from smartfed.assembly.runtime import hold_out
-from smartfed.bench.results import TIE_RULE, compare_spreads, spread
+from smartfed.bench.stats import TIE_RULE, compare_spreads, spread
 from smartfed.bench.sweep import choose
 from smartfed.cli.main import main
 
@@ -102,7 +102,7 @@ def test_sweep_over_seeds_chooses_on_validation_loss(tiny_run_config, tmp_path, 
         ref = results["methods"]["fedit"]["stats"]["final_eval_loss"]
         diff = stats["mean"] - ref["mean"]
         tie = abs(diff) <= stats["std"] + ref["std"]
-        expected = "tie" if tie else ("lower" if diff < 0 else "higher")
+        expected = "tie" if tie else ("better" if diff < 0 else "worse")
         assert entry["vs_fedit"]["verdict"] == expected, label
     table = (out / "results.md").read_text()
     assert "|mean_a - mean_b| <= std_a + std_b" in table
@@ -196,8 +196,8 @@ def test_tie_rule_and_sample_std():
     assert a["mean"] == pytest.approx(1.1) and a["std"] == pytest.approx(statistics.stdev([1, 1.2]))
     assert spread([1.0, None])["std"] is None and spread([1.0, None])["n"] == 1
     b = spread([1.3, 1.5])  # |1.1 - 1.4| = 0.3 > 0.1414 + 0.1414
-    assert compare_spreads(a, b)["verdict"] == "lower"
-    assert compare_spreads(b, a)["verdict"] == "higher"
+    assert compare_spreads(a, b)["verdict"] == "better"
+    assert compare_spreads(b, a)["verdict"] == "worse"
     c = spread([1.2, 1.4])  # |1.1 - 1.3| = 0.2 <= 0.2828
     assert compare_spreads(a, c)["verdict"] == "tie"
     assert compare_spreads(spread([1.0]), c)["verdict"] is None  # one seed: no spread
