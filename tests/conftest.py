@@ -16,6 +16,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from smartfed.assembly.config import SettingValues
 from smartfed.engine.config import RunConfig
+from tests.time_budget import pytest_configure, pytest_runtest_makereport  # noqa: F401 (hooks)
+
+pytest_plugins = ["pytester"]  # tests/test_time_budget.py runs pytest on planted tests
 
 
 @pytest.fixture(autouse=True, scope="session")

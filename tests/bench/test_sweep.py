@@ -33,6 +33,7 @@ def _json(path: Path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_sweep_over_seeds_chooses_on_validation_loss(tiny_run_config, tmp_path, capsys):
     config = tiny_run_config()
     out = tmp_path / "bench"
@@ -119,6 +120,7 @@ def test_sweep_over_seeds_chooses_on_validation_loss(tiny_run_config, tmp_path, 
     assert "another --sweep" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_tuning_never_reads_the_test_split(tiny_run_config, tiny_task, tmp_path, capsys):
     config = tiny_run_config()
     folder = tmp_path / "task"
@@ -204,6 +206,7 @@ def test_tie_rule_and_sample_std():
     assert choose([2.0, 1.5, 1.5, float("nan")]) == 1 and choose([None, float("inf")]) is None
 
 
+@pytest.mark.integration  # a whole run end to end
 @pytest.mark.parametrize(
     "folder", sorted(p.parent.name for p in (REPO / "benchmarks/results").glob("*/bench.json"))
 )
@@ -232,6 +235,7 @@ def test_bench_help_describes_sweep_and_seeds(capsys):
         assert fragment in text, fragment
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_a_bench_may_grow_its_grid_and_seeds_but_never_reuses_a_stale_run(
     tiny_run_config, tmp_path, capsys
 ):
