@@ -1,6 +1,7 @@
 # SmartFed: one-command set-up, demo and tests.
 #   make demo   set up (if needed) and run the main job on the bundled default model
 #   make test   set up (if needed) and run the default test suite (what CI runs)
+#   make test-fast   the unit tier only: no real model (integration), nothing slow
 #
 # torch is installed first and on its own, so pip never picks a multi-GB CUDA build by
 # accident: TORCH_SPEC defaults to the CPU wheel 2.13.0. GPU users override it, e.g.
@@ -18,7 +19,7 @@ export FLWR_TELEMETRY_ENABLED = 0
 export FLWR_DISABLE_UPDATE_CHECK = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup demo smoke test test-all lint bench pool pool-v2 clean
+.PHONY: setup demo smoke test test-fast test-all lint bench pool pool-v2 clean
 
 setup: $(STAMP)
 
@@ -46,6 +47,11 @@ smoke: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The unit tier for a quick check while working (under 90 s on 2 cores): the default suite
+# without the tests that load the real default model (integration).
+test-fast: setup
+	$(PY) -m pytest -q -m "not integration and not slow"
 
 test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import reference_table as table  # beside this script (its folder is on sys.path when run)
+from smartfed.bench.layout import finished_runs, is_finished
+from smartfed.bench.stats import BETTER, REFERENCE, TIE, TIE_RULE_TABLE, WORSE
+from smartfed.bench.stats import verdict as tie_verdict
+from smartfed.bench.tables import TARGET_TEXT, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -35,7 +38,7 @@ TASK_METRIC = {"cn_math": ("mgsm_zh", "MGSM-zh"), "math_code": ("gsm_hard", "GSM
 # Accuracy at or below this for every model (base and each pool module) is "at the floor": a
 # +10-point difference between methods is then below what these few items can resolve.
 FLOOR_ACCURACY = 0.05
-SMARTFED, FEDIT = "smartfed", "fedit"
+SMARTFED, FEDIT = "smartfed", REFERENCE
 DATA10_PREFIX = "smartfed_data"  # data_limited.sh's folder for SmartFed on a share of the data
 # Knowledge-free and knowledge-reuse baselines on the same pool as `smartfed` (SmartFed variants
 # and the stronger pool's entries are not baselines of the default SmartFed).
@@ -125,13 +128,6 @@ def dry_run_plan(overrides: dict[str, Any]) -> PlanFigures:
 # --------------------------------------------------------------------------- inputs
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"{path}: not valid JSON ({error})") from None
-
-
 def _rel(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(ROOT))
@@ -181,7 +177,7 @@ class Sources:
 
 def load_summary(task_dir: Path) -> dict[str, Any] | None:
     path = task_dir / "summary.json"
-    return _read_json(path) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def finished(summary: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -202,17 +198,17 @@ def by_prefix(summary: dict[str, Any] | None, prefix: str) -> dict[str, Any] | N
 
 def run_dirs(task_dir: Path, entry: dict[str, Any]) -> list[Path]:
     """The finished seed runs of an entry (its own folder for a bench without seeds)."""
-    base = task_dir / entry["folder"] / entry["label"]
-    runs = [base / f"seed{seed}" for seed in entry.get("seeds", [])]
-    runs = [run for run in runs if (run / "summary.json").is_file()]
-    return runs or ([base] if (base / "summary.json").is_file() else [])
+    bench_dir, label = task_dir / entry["folder"], entry["label"]
+    runs = finished_runs(bench_dir, label, entry.get("seeds"))
+    # A bench without seeds records seed 0 for its one run, in the entry's own folder.
+    return runs or ([bench_dir / label] if is_finished(bench_dir / label) else [])
 
 
 def pool_accuracy(pool_dir: Path, benchmark: str) -> list[tuple[str, int, int]]:
     """(model, correct, items) of every pool_eval result of ``benchmark``, base model first."""
     rows = []
     for path in sorted(pool_dir.glob(f"*__{benchmark}.json")):
-        record = _read_json(path)
+        record = read_json(path)
         if "correct" in record and record.get("n"):
             rows.append((path.name.split("__")[0], int(record["correct"]), int(record["n"])))
     return sorted(rows, key=lambda row: (row[0] != "base", row[0]))
@@ -277,7 +273,7 @@ def _loss(entry: dict[str, Any]) -> str:
 
 def _tie(a: dict[str, Any], b: dict[str, Any]) -> str:
     """a against b under the tie rule; "no verdict" below 2 seeds on either side."""
-    return table.verdict(a["final_loss"], b["final_loss"]) or "no verdict (< 2 seeds)"
+    return tie_verdict(a["final_loss"], b["final_loss"]) or "no verdict (< 2 seeds)"
 
 
 def _mib(value: float) -> str:
@@ -434,7 +430,7 @@ def claim_communication(summary: dict | None, sources: Sources, task: str) -> Ro
 def _energy_per_run(runs: list[Path]) -> tuple[list[float], set[str]]:
     values, methods = [], set()
     for run in runs:
-        record = _read_json(run / "summary.json")
+        record = read_json(run / "summary.json")
         methods.add(record.get("energy_method") or "energy method not recorded")
         if record.get("energy_kwh") is not None:
             values.append(float(record["energy_kwh"]))
@@ -555,7 +551,7 @@ def claim_data(sources: Sources, task: str) -> Row:
             f"no finished seed run of {', '.join(missing)} in {where}"
         )  # fmt: skip
         return Row(CLAIM_DATA, task, [text], commands, MISSING)
-    outcome = table.verdict(data10["final_loss"], fedit["final_loss"])
+    outcome = tie_verdict(data10["final_loss"], fedit["final_loss"])
     figure = [
         f"final test eval loss: SmartFed on {data10['name'].removeprefix(DATA10_PREFIX)}% "
         f"of the data {_loss(data10)} vs FedIT on all {_loss(fedit)}: {outcome or 'no verdict'}",
@@ -566,8 +562,8 @@ def claim_data(sources: Sources, task: str) -> Row:
         figure.insert(1, f"SmartFed on all the data {_loss(full)}: {_tie(full, fedit)} vs FedIT")
     if outcome is None:
         return Row(CLAIM_DATA, task, figure, commands, f"{MISSING} (fewer than 2 seeds)")
-    verdict = {"better": HOLDS, "tie": f"{NOT} (tie)", "worse": f"{NOT} (worse)"}[outcome]
-    return Row(CLAIM_DATA, task, figure, commands, verdict)
+    words = {BETTER: HOLDS, TIE: f"{NOT} (tie)", WORSE: f"{NOT} (worse)"}
+    return Row(CLAIM_DATA, task, figure, commands, words[outcome])
 
 
 def extra_pool(summary: dict | None, sources: Sources, task: str) -> Row:
@@ -587,7 +583,7 @@ def extra_pool(summary: dict | None, sources: Sources, task: str) -> Row:
     fedit = finished(summary, FEDIT)
     if fedit:
         figure.append(f"stronger-pool SmartFed vs FedIT {_loss(fedit)}: {_tie(v2, fedit)}")
-    verdict = table.verdict(v2["final_loss"], smartfed["final_loss"]) or "no verdict (< 2 seeds)"
+    verdict = tie_verdict(v2["final_loss"], smartfed["final_loss"]) or "no verdict (< 2 seeds)"
     return Row(EXTRA_POOL, task, figure, sources.reference_commands(task, [])[1:], verdict)
 
 
@@ -599,7 +595,7 @@ def _scale(sources: Sources, fallback: str) -> str:
             entry = finished(summary, name)
             runs = run_dirs(sources.reference_dir(task), entry) if entry else []
             if runs and (runs[0] / "config.json").is_file():
-                config = _read_json(runs[0] / "config.json")
+                config = read_json(runs[0] / "config.json")
                 return (
                     f"{config.get('model_name_or_path')}, {config.get('num_rounds')} rounds, "
                     f"{config.get('num_clients')} clients ({config.get('sample_clients')} per "
@@ -638,7 +634,7 @@ def _cell(parts: list[str]) -> str:
 
 
 RULES = [
-    f"Tie rule (benchmarks/reference_table.py): {table.TIE_RULE}.",
+    f"Tie rule (benchmarks/reference_table.py): {TIE_RULE_TABLE}.",
     "Ratios are FedIT's figure over SmartFed's (above 1: SmartFed needs less). A factor claim "
     "(convergence, communication, energy) **holds** at or above the paper's factor, **partly "
     "holds** above 1, **does not hold** at or below 1 or when SmartFed never reaches a target "
@@ -647,7 +643,7 @@ RULES = [
     "round, energy per run) takes their common verdict, or partly holds when they disagree; "
     "a target neither method reaches, or both reach before training, says nothing.",
     "Targets (from reference_table.py): "
-    + "; ".join(f"{name}: {table.TARGET_TEXT[name]}" for name in TARGETS)
+    + "; ".join(f"{name}: {TARGET_TEXT[name]}" for name in TARGETS)
     + ". Rounds to target: the first evaluated round whose loss, averaged over the seeds, is "
     "at or below it; bytes and energy to target: cumulative after that round (energy: the "
     "runs' per-round cumulative `energy_kwh` in metrics.jsonl, mean over seeds).",

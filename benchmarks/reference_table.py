@@ -26,50 +26,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-import routers_pareto as pareto  # beside this script (its folder is on sys.path when run)
+from smartfed.bench.layout import (
+    TUNE_DIR,
+    final_loss,
+    finished_runs,
+    run_curve,
+    run_dir,
+    seed_of,
+    tune_run_dir,
+)
+from smartfed.bench.stats import REFERENCE, TARGET_FACTOR, TIE_RULE_TABLE, mean_std, verdict
+from smartfed.bench.tables import MERGE, TARGET_NEEDS, TARGET_TEXT, mib, read_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reference"
-REFERENCE = pareto.REFERENCE  # "fedit"
-MERGE = "merge"
-TARGET_FACTOR = pareto.TARGET_FACTOR  # 1.1
 TRANSFER_FILE = "transfer_loss.json"  # `smartfed eval --benchmark loss` output, per seed run
-TIE_RULE = (
-    "|mean_a - mean_b| <= std_a + std_b (sample standard deviations over seeds) is a tie; "
-    "otherwise the lower mean is better; no verdict (–) with fewer than 2 seeds on either side"
-)
-TARGET_TEXT = {
-    "T_merge": "merge's mean final loss",
-    "T_half": "halfway from merge's to FedIT's mean final loss: merge + (FedIT - merge) / 2",
-    "T_fedit": f"{TARGET_FACTOR} x FedIT's mean final loss",
-}
-TARGET_NEEDS = {"T_merge": (MERGE,), "T_half": (MERGE, REFERENCE), "T_fedit": (REFERENCE,)}
 INF = "inf"  # a ratio whose entry reached the target at round 0 (0 rounds, 0 bytes)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"{path}: not valid JSON ({error})") from None
-
-
-def spread(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (None below 2 values) and n."""
-    return {
-        "mean": statistics.mean(values) if values else None,
-        "std": statistics.stdev(values) if len(values) >= 2 else None,
-        "n": len(values),
-    }
-
-
-def verdict(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """a against b on mean final loss under TIE_RULE: "tie", "better", "worse" or None."""
-    if a["std"] is None or b["std"] is None:
-        return None
-    difference = a["mean"] - b["mean"]
-    if abs(difference) <= a["std"] + b["std"]:
-        return "tie"
-    return "better" if difference < 0 else "worse"
 
 
 def _point_text(point: dict[str, Any] | None) -> str:
@@ -88,35 +59,30 @@ def _point_text(point: dict[str, Any] | None) -> str:
     return ",".join(f"{name}={short(value)}" for name, value in point.items())
 
 
-def _final_loss(run_dir: Path) -> float | None:
-    summary = _read_json(run_dir / "summary.json")
-    final = (summary.get("final_eval") or {}).get("eval_loss")
-    if final is None:  # trained nothing: the initial evaluation is the final one
-        final = (summary.get("initial_eval") or {}).get("eval_loss")
-    return final
+def _final_loss(run: Path) -> float | None:
+    return final_loss(read_json(run / "summary.json"), initial_if_untrained=True)
 
 
 def _grid_from_folders(bench_dir: Path, label: str, sweep: list[dict] | None) -> list[dict]:
     """The tuning grid of a bench whose results.json is not written yet (still running): the
     points of bench.json's sweep, each with its final validation loss once its run finished."""
-    if not sweep or not (bench_dir / "tune" / label).is_dir():
+    if not sweep or not (bench_dir / TUNE_DIR / label).is_dir():
         return []
     names = [axis["setting"] for axis in sweep]
     grid = []
     for values in itertools.product(*(axis["values"] for axis in sweep)):
         point = dict(zip(names, values, strict=True))
-        # The folder name is smartfed.bench.sweep.point_name (not imported: it loads torch).
-        run_dir = bench_dir / "tune" / label / ",".join(f"{k}={v}" for k, v in point.items())
-        loss = _final_loss(run_dir) if (run_dir / "summary.json").is_file() else None
+        run = tune_run_dir(bench_dir, label, point)
+        loss = _final_loss(run) if (run / "summary.json").is_file() else None
         grid.append({"point": point, "validation_loss": loss})
     return grid
 
 
-def _chosen_from_config(run_dir: Path, grid: list[dict]) -> dict[str, Any] | None:
+def _chosen_from_config(run: Path, grid: list[dict]) -> dict[str, Any] | None:
     """The grid point a seed run uses, read from its config.json (results.json not written)."""
-    if not grid or not (run_dir / "config.json").is_file():
+    if not grid or not (run / "config.json").is_file():
         return None
-    config = _read_json(run_dir / "config.json")
+    config = read_json(run / "config.json")
     settings = {**config, **(config.get("method_settings") or {})}
     return {name: settings.get(name) for name in grid[0]["point"]}
 
@@ -128,7 +94,7 @@ def _mean_curve(curves: list[list[tuple[int, float, int]]]) -> list[dict[str, An
     by_round = [{r: (loss, total) for r, loss, total in curve} for curve in curves]
     points = []
     for rnd in rounds:
-        stats = spread([seed[rnd][0] for seed in by_round])
+        stats = mean_std([seed[rnd][0] for seed in by_round])
         points.append(
             {
                 "round": rnd,
@@ -143,8 +109,8 @@ def _mean_curve(curves: list[list[tuple[int, float, int]]]) -> list[dict[str, An
 def _entry(bench_dir: Path, label: str, method: str, seeds: list[int], tuning: dict) -> dict:
     """One row: what tuning chose and the finished seed runs of one bench entry."""
     name = bench_dir.name if tuning["single"] else f"{bench_dir.name}/{label}"
-    runs = pareto.finished_runs(bench_dir, label, seeds)
-    started = [bench_dir / label / f"seed{seed}" for seed in seeds]
+    runs = finished_runs(bench_dir, label, seeds)
+    started = [run_dir(bench_dir, label, seed) for seed in seeds]
     chosen = tuning["chosen"]
     if chosen is None and tuning["grid"]:  # results.json not written yet: ask the seed runs
         found = (_chosen_from_config(run, tuning["grid"]) for run in started)
@@ -159,27 +125,27 @@ def _entry(bench_dir: Path, label: str, method: str, seeds: list[int], tuning: d
         "chosen": chosen,
         "seeds_planned": len(seeds),
         # A bench without --seeds ran once, in the entry's own folder: call that seed 0.
-        "seeds": [int(run.name.removeprefix("seed")) for run in runs] if seeds else [0] * len(runs),
+        "seeds": [seed_of(run) for run in runs] if seeds else [0] * len(runs),
     }
     if not runs:
         return row
-    summaries = [_read_json(run / "summary.json") for run in runs]
+    summaries = [read_json(run / "summary.json") for run in runs]
     finals = [_final_loss(run) for run in runs]
     totals = [s.get("bytes_up", 0) + s.get("bytes_down", 0) for s in summaries]
     transfer = [run / TRANSFER_FILE for run in runs if (run / TRANSFER_FILE).is_file()]
-    transfer_results = [_read_json(path) for path in transfer]
+    transfer_results = [read_json(path) for path in transfer]
     row.update(
         {
             "per_seed": dict(zip(row["seeds"], finals, strict=True)),
-            "final_loss": spread(finals),
+            "final_loss": mean_std(finals),
             "bytes_per_round": statistics.mean(
                 total / s["rounds"] if s.get("rounds") else 0
                 for total, s in zip(totals, summaries, strict=True)
             ),
             "total_bytes": statistics.mean(totals),
             "wall_s": statistics.mean(s.get("wall_s") or 0.0 for s in summaries),
-            "curve": _mean_curve([pareto.run_curve(run) for run in runs]),
-            "transfer_loss": spread([r["value"] for r in transfer_results]) if transfer else None,
+            "curve": _mean_curve([run_curve(run) for run in runs]),
+            "transfer_loss": mean_std([r["value"] for r in transfer_results]) if transfer else None,
             "transfer_data": sorted(
                 {f"{r.get('dataset')}/{r.get('split')}" for r in transfer_results}
             ),
@@ -194,7 +160,7 @@ def load_entries(task_dir: Path) -> list[dict]:
     for bench_dir in sorted(p for p in task_dir.iterdir() if p.is_dir()):
         results_path, bench_path = bench_dir / "results.json", bench_dir / "bench.json"
         if results_path.is_file():  # the bench finished: its own record of tuning
-            results = _read_json(results_path)
+            results = read_json(results_path)
             methods = results.get("methods") or {}
             seeds = results.get("seeds") or []
             labels = {label: m.get("method", label) for label, m in methods.items()}
@@ -204,7 +170,7 @@ def load_entries(task_dir: Path) -> list[dict]:
                 for label, m in methods.items()
             }  # fmt: skip
         elif bench_path.is_file():  # still running: bench.json and the finished tuning runs
-            bench = _read_json(bench_path)
+            bench = read_json(bench_path)
             seeds = bench.get("seeds") or []
             labels = {e["label"]: e.get("method", e["label"]) for e in bench.get("entries", [])}
             sweep = bench.get("sweep")
@@ -325,8 +291,8 @@ def markdown(task: str, command: str, entries: list[dict], summary: dict[str, An
         "## Final test eval loss",
         "",
         "Mean ± sample standard deviation over the finished seeds (n = finished / planned). "
-        f"Verdict against FedIT: {TIE_RULE}. Bytes are up + down, mean over seeds; wall time is "
-        "the mean per test run.",
+        f"Verdict against FedIT: {TIE_RULE_TABLE}. Bytes are up + down, mean over seeds; wall "
+        "time is the mean per test run.",
         "",
     ]
     header = ["entry", "method", "chosen lr", "grid (validation loss)", "seeds n",
@@ -340,7 +306,7 @@ def markdown(task: str, command: str, entries: list[dict], summary: dict[str, An
         cells = [
             e["name"], e["method"], _point_text(e["chosen"]), _grid_text(e),
             f"{e['final_loss']['n']}/{e['seeds_planned'] or 1}", _pm(e["final_loss"]),
-            e["vs_fedit"] or "–", pareto._mib(e["bytes_per_round"]), pareto._mib(e["total_bytes"]),
+            e["vs_fedit"] or "–", mib(e["bytes_per_round"]), mib(e["total_bytes"]),
             f"{e['wall_s']:.0f}",
         ]  # fmt: skip
         if transfer:
@@ -394,7 +360,7 @@ def markdown(task: str, command: str, entries: list[dict], summary: dict[str, An
             reached = t["round"] is not None
             lines.append(
                 f"| {e['name']} | {t['round'] if reached else 'not reached'} | "
-                f"{pareto._mib(t['bytes']) if reached else 'not reached'} | "
+                f"{mib(t['bytes']) if reached else 'not reached'} | "
                 f"{_ratio_text(t['bytes_ratio_vs_fedit'])} | "
                 f"{_ratio_text(t['rounds_ratio_vs_fedit'])} |"
             )
@@ -472,21 +438,26 @@ def _json_ready(entry: dict) -> dict:
     return {key: value for key, value in entry.items() if key != "transfer_data"}
 
 
-def write_outputs(task: str, task_dir: Path, command: str) -> str:
-    """README.md, reference.png and summary.json in task_dir; returns the markdown."""
+def write_outputs(
+    task: str, task_dir: Path, command: str, out_dir: Path | None = None, *, with_plot: bool = True
+) -> str:
+    """README.md, reference.png (unless ``with_plot`` is off) and summary.json in ``out_dir``
+    (default task_dir); returns the markdown."""
     if not task_dir.is_dir():
         raise SystemExit(f"{task_dir}: no such folder (benchmarks/reference.sh {task} fills it)")
+    out_dir = task_dir if out_dir is None else out_dir
     entries = load_entries(task_dir)
     if not any("final_loss" in e for e in entries):
         raise SystemExit(f"{task_dir}: no finished seed run in any bench folder yet")
     summary = summarise(entries)
     text = markdown(task, command, entries, summary)
-    (task_dir / "README.md").write_text(text, encoding="utf-8")
-    plot(task, entries, summary, task_dir / "reference.png")
+    (out_dir / "README.md").write_text(text, encoding="utf-8")
+    if with_plot:
+        plot(task, entries, summary, out_dir / "reference.png")
     record = {
         "task": task,
         "generated_by": command,
-        "tie_rule": TIE_RULE,
+        "tie_rule": TIE_RULE_TABLE,
         "targets": summary["targets"],
         "target_definitions": TARGET_TEXT,
         "missing_targets": summary["missing_targets"],
@@ -494,8 +465,16 @@ def write_outputs(task: str, task_dir: Path, command: str) -> str:
         f'"{INF}": the entry reached it at round 0 and FedIT did not',
         "entries": {e["name"]: _json_ready(e) for e in entries},
     }
-    (task_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return text
+
+
+def command_line(task: str, results: Path) -> str:
+    """How the page names the command that generated it (a relative --results as given)."""
+    command = f".venv/bin/python benchmarks/reference_table.py {task}"
+    if results.resolve() != RESULTS:
+        command += f" --results {results}"
+    return command
 
 
 def main() -> None:
@@ -506,10 +485,7 @@ def main() -> None:
         help="folder holding TASK/ (default benchmarks/results/reference)",
     )  # fmt: skip
     args = parser.parse_args()
-    command = f".venv/bin/python benchmarks/reference_table.py {args.task}"
-    if args.results.resolve() != RESULTS:
-        command += f" --results {args.results}"
-    print(write_outputs(args.task, args.results / args.task, command))
+    print(write_outputs(args.task, args.results / args.task, command_line(args.task, args.results)))
 
 
 if __name__ == "__main__":

@@ -28,28 +28,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from smartfed.bench.layout import finished_runs, run_curve
+from smartfed.bench.stats import REFERENCE, TARGET_FACTOR
+from smartfed.bench.tables import mib
+
 RESULTS = Path(__file__).resolve().parent / "results" / "routers"
-REFERENCE = "fedit"
-TARGET_FACTOR = 1.1
-
-
-def run_curve(run_dir: Path) -> list[tuple[int, float, int]]:
-    """(round, eval loss, cumulative bytes up + down after that round) of one run, starting with
-    round 0 (the initial evaluation, nothing sent yet) when summary.json records it. Bytes count
-    every round, evaluated or not: a round without an evaluation still sent its traffic."""
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    initial = (summary.get("initial_eval") or {}).get("eval_loss")
-    curve = [] if initial is None else [(0, initial, 0)]
-    metrics = run_dir / "metrics.jsonl"
-    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
-    total = 0
-    for line in filter(None, lines):
-        row = json.loads(line)
-        total += row.get("bytes_up", 0) + row.get("bytes_down", 0)
-        if "eval_loss" in row:
-            curve.append((row["round"], row["eval_loss"], total))
-    return curve
 
 
 def _curves(run_dir: Path) -> tuple[list[float], list[float]]:
@@ -58,14 +41,6 @@ def _curves(run_dir: Path) -> tuple[list[float], list[float]]:
     curve = run_curve(run_dir)
     trained = [point for point in curve if point[0] > 0] or curve[:1]
     return [loss for _, loss, _ in trained], [total for _, _, total in trained]
-
-
-def finished_runs(bench_dir: Path, label: str, seeds: list[int] | None) -> list[Path]:
-    """The run folders of one bench entry that finished (have summary.json): one per seed, or
-    the entry's own folder in a bench without seeds."""
-    runs = [bench_dir / label / f"seed{seed}" for seed in seeds or []]
-    runs = runs or [bench_dir / label]
-    return [run for run in runs if (run / "summary.json").is_file()]
 
 
 def _learning_rate(run_dir: Path) -> float | str:
@@ -111,10 +86,6 @@ def bytes_to_target(point: dict, target: float) -> int | None:
     return None
 
 
-def _mib(value: float) -> str:
-    return f"{value / 2**20:,.2f}"
-
-
 def write_outputs(task: str, points: list[dict], out_dir: Path) -> str:
     reference = next((p for p in points if p["name"] == REFERENCE), None)
     target = TARGET_FACTOR * reference["final_loss"] if reference else None
@@ -139,9 +110,9 @@ def write_outputs(task: str, points: list[dict], out_dir: Path) -> str:
         ratio = f"{ref_bytes / reached:.1f}" if reached and ref_bytes else "-"
         lines.append(
             f"| {point['name']} | {point['learning_rate']} | {point['seeds']} | "
-            f"{point['final_loss']:.3f}{spread} | {_mib(point['bytes_per_round'])} | "
-            f"{_mib(point['cumulative_bytes'][-1])} | "
-            f"{_mib(reached) if reached else 'not reached'} | {ratio} |"
+            f"{point['final_loss']:.3f}{spread} | {mib(point['bytes_per_round'])} | "
+            f"{mib(point['cumulative_bytes'][-1])} | "
+            f"{mib(reached) if reached else 'not reached'} | {ratio} |"
         )
     table = "\n".join(lines) + "\n"
     (out_dir / "pareto.md").write_text(table, encoding="utf-8")

@@ -16,6 +16,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from smartfed.assembly.config import SettingValues
 from smartfed.engine.config import RunConfig
+from tests.time_budget import pytest_configure, pytest_runtest_makereport  # noqa: F401 (hooks)
+
+pytest_plugins = ["pytester"]  # tests/test_time_budget.py runs pytest on planted tests
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -27,6 +30,36 @@ def _offline_hub_datasets(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf_datasets_cache"))
     os.environ.pop("SMARTFED_HUB_MIRROR", None)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR_ENV = "SMARTFED_DATA_DIR"  # the variable smartfed.data.registry reads too
+# What the tests of the full data read: a folder missing one of these is not the full data.
+FULL_DATA = ("gsm8k/train.jsonl", "mgsm/mgsm_zh.tsv", "humaneval", "mbpp", "gsm_hard", "math23k")
+
+
+def full_data_dir() -> tuple[Path | None, str]:
+    """The full data folder ($SMARTFED_DATA_DIR, else ../shared/data beside the repository),
+    or None and why not."""
+    env = os.environ.get(DATA_DIR_ENV)
+    folder = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    source = f"${DATA_DIR_ENV}={env}" if env else f"{folder} (../shared/data)"
+    missing = [name for name in FULL_DATA if not (folder / name).exists()]
+    if not missing:
+        return folder, ""
+    return None, (
+        f"no full data folder: {source} lacks {', '.join(missing)}; set {DATA_DIR_ENV} to a "
+        "folder laid out like ../shared/data (see smartfed.data.registry) to run this test"
+    )
+
+
+@pytest.fixture(scope="session")
+def needs_data() -> Path:
+    """The full (read-only) data folder; skips the test, saying what to set, without one."""
+    folder, reason = full_data_dir()
+    if folder is None:
+        pytest.skip(reason)
+    return folder
 
 
 TINY = dict(

@@ -34,6 +34,7 @@ def tiny_flags(tiny_run_config, tmp_path) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_toy_method_setting_is_a_flag_runs_and_is_refused_elsewhere(tiny_flags, tmp_path):
     help_text = _smartfed("run", "--help").stdout
     assert "--toy_start" in help_text and "[toy]" in help_text
@@ -55,6 +56,7 @@ def test_toy_method_setting_is_a_flag_runs_and_is_refused_elsewhere(tiny_flags, 
     assert not (tmp_path / "no").exists()
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_toy_router_runs_through_the_cli(tiny_flags, tmp_path):
     listed = _smartfed("methods").stdout
     assert "toy_scaled" in listed and "[router]" in listed

@@ -80,6 +80,7 @@ def test_every_suite_runs_and_records_what_it_measured(step_cost, tmp_path):
     assert "verdict" in sparse
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_sparse_suite_compares_two_paths_of_the_same_function(step_cost):
     results = step_cost.main(
         [*TINY_RUN, "--suite", "sparse", "--warmup", "0", "--sparse_k", "1,4"]
@@ -94,6 +95,7 @@ def test_sparse_suite_compares_two_paths_of_the_same_function(step_cost):
     assert fast["communicated_values"] == dense["communicated_values"] == 4 * (2 * 4 + 2 * 4 * 4)
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_json_keeps_the_suites_a_later_run_did_not_measure(step_cost, tmp_path):
     out = tmp_path / "step_cost.json"
     out.write_text(json.dumps({"format": step_cost.JSON_FORMAT, "suites": {"sparse": {"x": 1}}}))

@@ -21,6 +21,7 @@ def _tiny_flags(config) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_smoke_bench_runs_every_method_with_table_and_plots(tiny_run_config, tmp_path, capsys):
     config = tiny_run_config()
     out = tmp_path / "bench"
@@ -82,6 +83,7 @@ def test_smoke_bench_runs_every_method_with_table_and_plots(tiny_run_config, tmp
     assert "other settings (seed" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_report_of_a_single_run(tiny_run_config, tmp_path, capsys):
     from smartfed.federation.runner import run_federated
 

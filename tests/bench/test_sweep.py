@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from smartfed.assembly.runtime import hold_out
-from smartfed.bench.results import TIE_RULE, compare_spreads, spread
+from smartfed.bench.stats import TIE_RULE, compare_spreads, spread
 from smartfed.bench.sweep import choose
 from smartfed.cli.main import main
 
@@ -33,6 +33,7 @@ def _json(path: Path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_sweep_over_seeds_chooses_on_validation_loss(tiny_run_config, tmp_path, capsys):
     config = tiny_run_config()
     out = tmp_path / "bench"
@@ -102,7 +103,7 @@ def test_sweep_over_seeds_chooses_on_validation_loss(tiny_run_config, tmp_path, 
         ref = results["methods"]["fedit"]["stats"]["final_eval_loss"]
         diff = stats["mean"] - ref["mean"]
         tie = abs(diff) <= stats["std"] + ref["std"]
-        expected = "tie" if tie else ("lower" if diff < 0 else "higher")
+        expected = "tie" if tie else ("better" if diff < 0 else "worse")
         assert entry["vs_fedit"]["verdict"] == expected, label
     table = (out / "results.md").read_text()
     assert "|mean_a - mean_b| <= std_a + std_b" in table
@@ -119,6 +120,7 @@ def test_sweep_over_seeds_chooses_on_validation_loss(tiny_run_config, tmp_path, 
     assert "another --sweep" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_tuning_never_reads_the_test_split(tiny_run_config, tiny_task, tmp_path, capsys):
     config = tiny_run_config()
     folder = tmp_path / "task"
@@ -196,14 +198,15 @@ def test_tie_rule_and_sample_std():
     assert a["mean"] == pytest.approx(1.1) and a["std"] == pytest.approx(statistics.stdev([1, 1.2]))
     assert spread([1.0, None])["std"] is None and spread([1.0, None])["n"] == 1
     b = spread([1.3, 1.5])  # |1.1 - 1.4| = 0.3 > 0.1414 + 0.1414
-    assert compare_spreads(a, b)["verdict"] == "lower"
-    assert compare_spreads(b, a)["verdict"] == "higher"
+    assert compare_spreads(a, b)["verdict"] == "better"
+    assert compare_spreads(b, a)["verdict"] == "worse"
     c = spread([1.2, 1.4])  # |1.1 - 1.3| = 0.2 <= 0.2828
     assert compare_spreads(a, c)["verdict"] == "tie"
     assert compare_spreads(spread([1.0]), c)["verdict"] is None  # one seed: no spread
     assert choose([2.0, 1.5, 1.5, float("nan")]) == 1 and choose([None, float("inf")]) is None
 
 
+@pytest.mark.integration  # a whole run end to end
 @pytest.mark.parametrize(
     "folder", sorted(p.parent.name for p in (REPO / "benchmarks/results").glob("*/bench.json"))
 )
@@ -232,6 +235,7 @@ def test_bench_help_describes_sweep_and_seeds(capsys):
         assert fragment in text, fragment
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_a_bench_may_grow_its_grid_and_seeds_but_never_reuses_a_stale_run(
     tiny_run_config, tmp_path, capsys
 ):

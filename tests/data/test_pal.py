@@ -19,11 +19,6 @@ from smartfed.data.sets.gsm8k_pal import (
 )
 from smartfed.errors import ConfigError
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not (SHARED_DATA / "gsm8k" / "train.jsonl").is_file(), reason="no shared data folder"
-)
-
 NATALIA = {
     "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
     "clips in May. How many clips did Natalia sell altogether in April and May?",
@@ -198,15 +193,14 @@ def test_bundled_gsm8k_converts() -> None:
     assert (len(train), len(test)) == (474, 117)
 
 
-@needs_shared
 @pytest.mark.parametrize(
     ("split", "counts"),
     [("train", (7473, 95, 2, 377, 6999)), ("test", (1319, 18, 0, 93, 1208))],
 )
-def test_full_gsm8k_survival(split: str, counts: tuple[int, ...]) -> None:
+def test_full_gsm8k_survival(split: str, counts: tuple[int, ...], needs_data: Path) -> None:
     records = [
         json.loads(line)
-        for line in (SHARED_DATA / "gsm8k" / f"{split}.jsonl").read_text().splitlines()
+        for line in (needs_data / "gsm8k" / f"{split}.jsonl").read_text().splitlines()
     ]
     conversion = convert_gsm8k_to_pal(records)
     got = (
@@ -218,7 +212,7 @@ def test_full_gsm8k_survival(split: str, counts: tuple[int, ...]) -> None:
     )
     assert got == counts
     assert sum(got[1:]) == got[0]
-    examples = load_examples("gsm8k_pal", split, data_dir=SHARED_DATA)
+    examples = load_examples("gsm8k_pal", split, data_dir=needs_data)
     assert len(examples) == counts[-1]
     for example in examples[:200]:
         program = example.response.removeprefix("```python\n").removesuffix("\n```")

@@ -21,11 +21,6 @@ from smartfed.data import (
 from smartfed.data.sets.gsm8k import gsm8k_example, strip_calculator_notes
 from smartfed.errors import ConfigError
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not (SHARED_DATA / "gsm8k" / "train.jsonl").is_file(), reason="no shared data folder"
-)
-
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,20 +50,18 @@ def test_gsm8k_is_registered() -> None:
     assert spec.label_field == "answer_bucket"
 
 
-@needs_shared
-def test_gsm8k_from_data_dir() -> None:
-    train = load_examples("gsm8k", "train", data_dir=SHARED_DATA)
-    test = load_examples("gsm8k", "test", data_dir=SHARED_DATA)
+def test_gsm8k_from_data_dir(needs_data: Path) -> None:
+    train = load_examples("gsm8k", "train", data_dir=needs_data)
+    test = load_examples("gsm8k", "test", data_dir=needs_data)
     assert (len(train), len(test)) == (7473, 1319)
     assert all(isinstance(e, Example) for e in train[:10])
     assert not any("<<" in e.response or "####" in e.response for e in train)
     assert all(e.response.endswith(f"The answer is {e.meta['answer']}.") for e in train)
-    assert resolve_split_file("gsm8k", "train", data_dir=SHARED_DATA).origin == "data_dir"
+    assert resolve_split_file("gsm8k", "train", data_dir=needs_data).origin == "data_dir"
 
 
-@needs_shared
-def test_gsm8k_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(DATA_DIR_ENV, str(SHARED_DATA))
+def test_gsm8k_from_env(monkeypatch: pytest.MonkeyPatch, needs_data: Path) -> None:
+    monkeypatch.setenv(DATA_DIR_ENV, str(needs_data))
     assert len(load_examples("gsm8k", "test")) == 1319
     assert resolve_split_file("gsm8k", "test").origin == "env"
 
@@ -84,11 +77,10 @@ def test_gsm8k_bundled_subset() -> None:
     assert (registry.BUNDLED_DIR / "README.md").is_file()
 
 
-@needs_shared
 @pytest.mark.parametrize(("split", "count"), [("train", 512), ("test", 128)])
-def test_bundled_subset_is_an_unchanged_prefix(split: str, count: int) -> None:
+def test_bundled_subset_is_an_unchanged_prefix(split: str, count: int, needs_data: Path) -> None:
     bundled = (registry.BUNDLED_DIR / "gsm8k" / f"{split}.jsonl").read_bytes()
-    full = (SHARED_DATA / "gsm8k" / f"{split}.jsonl").read_bytes()
+    full = (needs_data / "gsm8k" / f"{split}.jsonl").read_bytes()
     assert full.startswith(bundled)
     assert bundled.count(b"\n") == count and bundled.endswith(b"\n")
 

@@ -27,11 +27,6 @@ from smartfed.data.sets.mgsm import parse_answer as parse_mgsm_answer
 from smartfed.data.sets.zh_code import is_code_request
 from smartfed.errors import ConfigError
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not (SHARED_DATA / "mgsm" / "mgsm_zh.tsv").is_file(), reason="no shared data folder"
-)
-
 EXPECTED_COUNTS = {
     **{(f"mgsm_{lang}", "test"): 250 for lang in LANGUAGES},
     ("gsm_hard", "test"): 1319,
@@ -90,49 +85,46 @@ def test_all_datasets_are_registered() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Full data from /work/shared/data
+# Full data (the needs_data fixture: $SMARTFED_DATA_DIR or ../shared/data)
 
 
-@needs_shared
 @pytest.mark.parametrize(("name", "split"), sorted(EXPECTED_COUNTS))
-def test_counts_and_meta_from_shared_data(name: str, split: str) -> None:
-    examples = load_examples(name, split, data_dir=SHARED_DATA)
+def test_counts_and_meta_from_shared_data(name: str, split: str, needs_data: Path) -> None:
+    examples = load_examples(name, split, data_dir=needs_data)
     assert len(examples) == EXPECTED_COUNTS[(name, split)]
     documented = set(DATASETS[name].meta_fields)
     for example in examples:
         assert set(example.meta) == documented
         assert example.prompt.strip() and example.response.strip()
-    assert resolve_split_file(name, split, data_dir=SHARED_DATA).origin == "data_dir"
+    assert resolve_split_file(name, split, data_dir=needs_data).origin == "data_dir"
 
 
-@needs_shared
-def test_mgsm_answer_lines() -> None:
+def test_mgsm_answer_lines(needs_data: Path) -> None:
     rows = list(
         csv.reader(
-            (SHARED_DATA / "mgsm" / "mgsm_zh.tsv").open(encoding="utf-8", newline=""),
+            (needs_data / "mgsm" / "mgsm_zh.tsv").open(encoding="utf-8", newline=""),
             delimiter="\t",
             quoting=csv.QUOTE_NONE,
         )
     )
-    zh = load_examples("mgsm_zh", "test", data_dir=SHARED_DATA)
+    zh = load_examples("mgsm_zh", "test", data_dir=needs_data)
     assert zh[0].prompt == rows[0][0] and zh[0].response == "答案是 18。"
     assert zh[0].meta == {"answer": 18, "lang": "zh", "source": "mgsm"}
     # "2,125" in the file is the integer 2125.
     assert any(e.meta["answer"] == 2125 for e in zh)
-    en = load_examples("mgsm_en", "test", data_dir=SHARED_DATA)
-    de = load_examples("mgsm_de", "test", data_dir=SHARED_DATA)
+    en = load_examples("mgsm_en", "test", data_dir=needs_data)
+    de = load_examples("mgsm_de", "test", data_dir=needs_data)
     assert en[0].response == de[0].response == "The answer is 18."
     assert de[0].meta["lang"] == "de"
     assert [e.meta["answer"] for e in en] == [e.meta["answer"] for e in de]
 
 
-@needs_shared
-def test_gsm_hard_humaneval_mbpp_fields() -> None:
-    hard = load_examples("gsm_hard", "test", data_dir=SHARED_DATA)
+def test_gsm_hard_humaneval_mbpp_fields(needs_data: Path) -> None:
+    hard = load_examples("gsm_hard", "test", data_dir=needs_data)
     assert all(isinstance(e.meta["answer"], float) for e in hard)
     assert hard[0].response.startswith("def solution():")
 
-    human = load_examples("humaneval", "test", data_dir=SHARED_DATA)
+    human = load_examples("humaneval", "test", data_dir=needs_data)
     first = human[0]
     assert first.meta["task_id"] == "HumanEval/0"
     assert first.meta["entry_point"] == "has_close_elements"
@@ -140,8 +132,8 @@ def test_gsm_hard_humaneval_mbpp_fields() -> None:
     assert first.meta["code_prompt"] == first.prompt
     compile(first.prompt + first.response, "humaneval", "exec")  # a complete function
 
-    test = load_examples("mbpp", "test", data_dir=SHARED_DATA)
-    train = load_examples("mbpp", "train", data_dir=SHARED_DATA)
+    test = load_examples("mbpp", "test", data_dir=needs_data)
+    train = load_examples("mbpp", "train", data_dir=needs_data)
     assert [e.meta["task_id"] for e in test] == list(range(11, 511))
     assert [e.meta["task_id"] for e in train] == list(range(511, 975))
     for example in test + train:
@@ -151,13 +143,12 @@ def test_gsm_hard_humaneval_mbpp_fields() -> None:
         assert "\r" not in example.response
 
 
-@needs_shared
 @pytest.mark.parametrize(("split", "file"), [("train", "validset.json"), ("test", "testset.json")])
-def test_math23k_targets_end_with_the_answer(split: str, file: str) -> None:
+def test_math23k_targets_end_with_the_answer(split: str, file: str, needs_data: Path) -> None:
     records = {
-        r["id"]: r for r in json.loads((SHARED_DATA / "math23k" / file).read_text(encoding="utf-8"))
+        r["id"]: r for r in json.loads((needs_data / "math23k" / file).read_text(encoding="utf-8"))
     }
-    examples = load_examples("math23k", split, data_dir=SHARED_DATA)
+    examples = load_examples("math23k", split, data_dir=needs_data)
     for example in examples:
         last = example.response.splitlines()[-1]
         match = FINAL_ZH.fullmatch(last)
@@ -216,28 +207,27 @@ def test_bundled_evaluation_subsets_are_documented_with_their_licences() -> None
     )
 
 
-@needs_shared
-def test_bundled_files_are_unchanged_copies() -> None:
+def test_bundled_files_are_unchanged_copies(needs_data: Path) -> None:
     bundled = registry.BUNDLED_DIR
     for lang in ("zh", "en"):
         name = f"mgsm_{lang}.tsv"
-        assert (bundled / "mgsm" / name).read_bytes() == (SHARED_DATA / "mgsm" / name).read_bytes()
+        assert (bundled / "mgsm" / name).read_bytes() == (needs_data / "mgsm" / name).read_bytes()
     for name, count in (("validset.json", 600), ("testset.json", 150)):
-        full = json.loads((SHARED_DATA / "math23k" / name).read_text(encoding="utf-8"))
+        full = json.loads((needs_data / "math23k" / name).read_text(encoding="utf-8"))
         subset = json.loads((bundled / "math23k" / name).read_text(encoding="utf-8"))
         assert subset == full[:count]
     # Evaluation subsets: the first lines of each file, byte for byte (HumanEval decompressed).
     for relative, lines in (("gsm_hard/gsmhardv2.jsonl", 50), ("mbpp/mbpp.jsonl", 60)):
         head = (bundled / relative).read_bytes()
-        assert (SHARED_DATA / relative).read_bytes().startswith(head)
+        assert (needs_data / relative).read_bytes().startswith(head)
         assert head.count(b"\n") == lines and head.endswith(b"\n")
     human = gzip.decompress((bundled / "humaneval" / "HumanEval.jsonl.gz").read_bytes())
-    full_human = gzip.decompress((SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz").read_bytes())
+    full_human = gzip.decompress((needs_data / "humaneval" / "HumanEval.jsonl.gz").read_bytes())
     assert full_human.startswith(human) and human.count(b"\n") == 40
     for name, licence in (("gsm_hard", "LICENSE-pal.txt"), ("humaneval", "LICENSE-human-eval.txt"),
                           ("mbpp", "LICENSE-google-research-Apache-2.0.txt")):  # fmt: skip
         assert (bundled / name / "LICENSE").read_bytes() == (
-            SHARED_DATA / name / licence
+            needs_data / name / licence
         ).read_bytes()
 
 
@@ -519,11 +509,10 @@ def test_zh_code_reads_both_files_and_holds_out_every_tenth(tmp_path: Path) -> N
     }
 
 
-@needs_shared
-def test_gsm_hard_pal_is_gsm_hard_in_the_math_code_format() -> None:
-    hard = load_examples("gsm_hard", "test", data_dir=SHARED_DATA)[:5]
-    pal = load_examples("gsm_hard_pal", "test", data_dir=SHARED_DATA)[:5]
-    trained = load_examples("gsm8k_pal", "test", data_dir=SHARED_DATA)[0]
+def test_gsm_hard_pal_is_gsm_hard_in_the_math_code_format(needs_data: Path) -> None:
+    hard = load_examples("gsm_hard", "test", data_dir=needs_data)[:5]
+    pal = load_examples("gsm_hard_pal", "test", data_dir=needs_data)[:5]
+    trained = load_examples("gsm8k_pal", "test", data_dir=needs_data)[0]
     for h, p in zip(hard, pal, strict=True):
         assert p.prompt == pal_prompt(h.prompt) and p.response == fenced(h.response)
         assert p.meta == {"answer": h.meta["answer"], "source": "gsm_hard_pal"}

@@ -12,13 +12,7 @@ from smartfed.errors import ConfigError
 
 from ..conftest import make_tiny_tokenizer
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not (SHARED_DATA / "math23k").is_dir(), reason="no shared data folder"
-)
 
-
-@needs_shared
 @pytest.mark.parametrize(
     ("task", "pool", "benchmark"),
     [
@@ -28,22 +22,21 @@ needs_shared = pytest.mark.skipif(
         ("gsm8k", "smoke_math_a,smoke_math_b", "gsm8k"),
     ],
 )
-def test_task_loads_and_batches(task, pool, benchmark):
+def test_task_loads_and_batches(task, pool, benchmark, needs_data: Path):
     spec = get_task(task)
     assert (spec.default_pool, spec.benchmark) == (pool, benchmark)
     tokenizer = make_tiny_tokenizer()
     for dataset, split in ((spec.train_dataset, spec.train_split),
                            (spec.eval_dataset, spec.eval_split)):  # fmt: skip
-        examples = load_examples(dataset, split, data_dir=SHARED_DATA, limit=16)
+        examples = load_examples(dataset, split, data_dir=needs_data, limit=16)
         rows = [encode_example(tokenizer, ex, 256) for ex in examples]
         batch = BatchStream([r for r in rows if r], 4, seed=0, pad_token_id=0).next_batch()
         assert batch["input_ids"].shape[0] == 4
         assert (batch["labels"] != -100).any(dim=1).all()  # every row has response tokens
 
 
-@needs_shared
-def test_cn_code_says_doit_is_absent_and_what_to_do():
+def test_cn_code_says_doit_is_absent_and_what_to_do(needs_data: Path):
     spec = get_task("cn_code")
     with pytest.raises(ConfigError, match="DoIT") as info:
-        load_examples(spec.train_dataset, spec.train_split, data_dir=SHARED_DATA)
+        load_examples(spec.train_dataset, spec.train_split, data_dir=needs_data)
     assert "--data_dir" in str(info.value)

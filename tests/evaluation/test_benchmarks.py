@@ -22,10 +22,6 @@ from smartfed.evaluation.benchmarks import (
 from smartfed.evaluation.harness import evaluate_benchmark
 from smartfed.evaluation.sandbox import SandboxLimits
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not (SHARED_DATA / "humaneval").is_dir(), reason="no shared data folder"
-)
 LIMITS = SandboxLimits(timeout_s=10.0)
 
 
@@ -102,10 +98,9 @@ def test_gsm_hard_hostile_program_is_a_failed_sample_not_a_crash():
     assert not looping.correct and looping.detail.startswith("timeout")
 
 
-@needs_shared
-def test_humaneval_canonical_solutions_pass_and_stubs_fail():
+def test_humaneval_canonical_solutions_pass_and_stubs_fail(needs_data: Path):
     bench = get_benchmark("humaneval")
-    for example in load_examples("humaneval", "test", data_dir=SHARED_DATA, limit=12):
+    for example in load_examples("humaneval", "test", data_dir=needs_data, limit=12):
         body = example.response  # canonical_solution: the indented body
         assert bench.score(example, f"```python\n{body}\n```", LIMITS).correct, example.meta
         whole = example.meta["code_prompt"] + body
@@ -114,19 +109,17 @@ def test_humaneval_canonical_solutions_pass_and_stubs_fail():
         assert not bench.score(example, stub, LIMITS).correct
 
 
-@needs_shared
-def test_mbpp_reference_code_passes_and_wrong_code_fails():
+def test_mbpp_reference_code_passes_and_wrong_code_fails(needs_data: Path):
     bench = get_benchmark("mbpp")
-    for example in load_examples("mbpp", "test", data_dir=SHARED_DATA, limit=12):
+    for example in load_examples("mbpp", "test", data_dir=needs_data, limit=12):
         assert bench.score(example, f"```python\n{example.response}\n```", LIMITS).correct
         assert not bench.score(example, "```python\npass\n```", LIMITS).correct
         assert "Your code should pass" in bench.prompt(example)
 
 
-@needs_shared
-def test_gsm_hard_reference_programs_pass():
+def test_gsm_hard_reference_programs_pass(needs_data: Path):
     bench = get_benchmark("gsm_hard")
-    examples = load_examples("gsm_hard", "test", data_dir=SHARED_DATA, limit=12)
+    examples = load_examples("gsm_hard", "test", data_dir=needs_data, limit=12)
     passed = sum(bench.score(ex, f"```python\n{ex.response}\n```", LIMITS).correct
                  for ex in examples)  # fmt: skip
     assert passed == len(examples)

@@ -28,6 +28,8 @@ from smartfed.federation.runner import run_federated
 
 from .attacking import AttackingClients
 
+pytestmark = pytest.mark.integration  # every test here runs whole federated runs
+
 COMMON = dict(num_clients=5, sample_clients=5, local_steps=3, learning_rate=0.05,
               eval_samples=48, eval_batch_size=16)  # fmt: skip
 # SmartFed's routers over the tiny random pool improve the loss ~5x less than FedIT's LoRA:

@@ -35,6 +35,7 @@ def _safetensors_dtypes(path: Path) -> set[torch.dtype]:
         return {handle.get_tensor(k).dtype for k in handle.keys()}  # noqa: SIM118 (not a dict)
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_bfloat16_run_keeps_the_base_in_bfloat16_and_trainables_in_float32(
     tiny_run_config, tmp_path
 ):
@@ -133,6 +134,7 @@ def _one_error_line(capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_resume_may_change_the_device_but_not_the_dtype(tiny_run_config, tmp_path, capsys):
     crashed = tiny_run_config(device="cpu", output_dir=str(tmp_path / "run"))
     with pytest.raises(KeyboardInterrupt):

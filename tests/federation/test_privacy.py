@@ -98,6 +98,7 @@ def _rows(run: Path) -> list[dict]:
 DP = dict(dp_noise_multiplier=0.9, dp_clip_norm=0.05, dp_accounting="poisson", enable_eeqa=False)
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_dp_run_records_epsilon_per_round_and_in_the_summary(tiny_run_config):
     config = tiny_run_config(**DP)
     summary = run_federated(config)
@@ -120,6 +121,7 @@ def test_dp_run_records_epsilon_per_round_and_in_the_summary(tiny_run_config):
     assert saved["dp_noise_multiplier"] == 0.9 and saved["dp_accounting"] == "poisson"
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_dp_run_resumed_after_a_crash_equals_the_uninterrupted_one(tiny_run_config, tmp_path):
     """Same secret key (placed before either run starts): same clients, same noise."""
     key = json.dumps({"key": "5eed" * 8})

@@ -17,6 +17,7 @@ from smartfed.telemetry import reporting
 from ..telemetry.test_reporting import read_scalars
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_tensorboard_holds_every_rounds_eval_loss(tiny_run_config, monkeypatch, capsys):
     bars = []
     original = inprocess.round_progress

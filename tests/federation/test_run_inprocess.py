@@ -32,6 +32,7 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_run_writes_the_whole_run_directory(tiny_run_config):
     config = tiny_run_config()
     summary = run_federated(config)
@@ -89,12 +90,14 @@ def test_run_writes_the_whole_run_directory(tiny_run_config):
     assert more.get_quotas().tolist() == rows[-1]["quotas"]
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_no_eeqa_keeps_uniform_quotas(tiny_run_config):
     config = tiny_run_config(enable_eeqa=False, num_rounds=2, eval_samples=0)
     run_federated(config)
     assert all(row["quotas"] == [3] * 4 for row in _rows(Path(config.output_dir)))
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_resumed_run_ends_with_the_same_routers(tiny_run_config, tmp_path):
     reference = tiny_run_config(output_dir=str(tmp_path / "reference"))
     run_federated(reference)
@@ -147,6 +150,7 @@ class _FaultyClients:
         return reply
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_failing_and_nan_clients_are_dropped_with_a_reason(tiny_run_config):
     config = tiny_run_config(num_clients=3, sample_clients=3, num_rounds=2, min_replies=1)
     run_federated(config, client_app=_FaultyClients().app)
@@ -165,6 +169,7 @@ def test_round_fails_clearly_when_too_few_replies_remain(tiny_run_config):
         run_federated(config, client_app=_FaultyClients().app)
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_unmeasured_energy_is_reported_as_unknown_not_zero(tiny_run_config, monkeypatch):
     from smartfed.telemetry import EnergyMeter
 

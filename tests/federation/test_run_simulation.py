@@ -62,6 +62,7 @@ def _assert_same_run(expected: Path, actual: Path, tolerance: float) -> None:
             assert got["eval_loss"] == pytest.approx(want["eval_loss"], abs=tolerance)
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_simulation_reaches_the_inprocess_routers(tiny_run_config, tmp_path):
     # 3 clients, 2 sampled per round: Ray's random node ids must not change which partitions
     # train (the server samples by partition id).
@@ -96,6 +97,7 @@ def test_simulation_reaches_the_inprocess_routers(tiny_run_config, tmp_path):
     assert CONFIG_ENV not in os.environ
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_random_node_ids_sample_the_same_partitions(tiny_run_config, tmp_path):
     """Flower's simulation and SuperLink number nodes at random; the server asks each node its
     partition and samples and aggregates in partition order, so the run is the same."""

@@ -64,6 +64,7 @@ class RecordingClient:
         return reply
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_secure_rounds_equal_plain_fedavg_within_the_quantisation_bound(tiny_run_config, tmp_path):
     # 5 clients over 48 examples: partitions of 10 and 9, so the weighting shows.
     common = dict(num_clients=5, sample_clients=3)

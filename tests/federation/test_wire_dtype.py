@@ -78,6 +78,7 @@ def test_bfloat16_is_not_readable_as_plain_numpy():
         to_wire(_state(), "bfloat16")["layer.router.weight"].numpy()
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_bfloat16_run_sends_half_the_array_bytes_and_keeps_float32(tiny_run_config, tmp_path):
     runs = {}
     for wire_dtype in ("float32", "bfloat16"):

@@ -105,6 +105,7 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.integration  # a whole run end to end
 @pytest.mark.parametrize("name", ["fedit", "ffa_lora", "fedsa_lora", "lorahub", "mole"])
 def test_method_runs_federated_with_its_payload_size(name, tiny_run_config):
     config = tiny_run_config(method=name, num_rounds=2, **TINY_SETTINGS.get(name, {}))
@@ -123,6 +124,7 @@ def test_method_runs_federated_with_its_payload_size(name, tiny_run_config):
         assert (run / "final").is_dir()
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_ffa_lora_sends_b_and_fedsa_lora_sends_a(tiny_run_config, tmp_path):
     def run(method: str) -> dict:
         out = str(tmp_path / method)
@@ -139,6 +141,7 @@ def test_ffa_lora_sends_b_and_fedsa_lora_sends_a(tiny_run_config, tmp_path):
     assert ffa["bytes_up"] < fedit["bytes_up"] and fedsa["bytes_up"] < fedit["bytes_up"]
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_fedsa_lora_clients_keep_their_own_b(tiny_run_config):
     from smartfed.federation import client_app
     from smartfed.federation.inprocess import InProcessGrid
@@ -169,6 +172,7 @@ def test_merge_has_no_rounds_and_no_traffic(tiny_run_config):
     assert summary["final_state"]["module_weights"] == {"pa": 0.5, "pb": 0.5}
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_smartfed_ablations(tiny_run_config, tmp_path):
     dense = run_federated(
         tiny_run_config(dense=True, num_rounds=2, output_dir=str(tmp_path / "dense"))
@@ -183,6 +187,7 @@ def test_smartfed_ablations(tiny_run_config, tmp_path):
         assert summary["final_eval"]["eval_loss"] > 0
 
 
+@pytest.mark.integration  # a whole run end to end
 @pytest.mark.parametrize("name", ["fedit", "ffa_lora", "lorahub", "mole", "smartfed", "merge"])
 def test_eval_reloads_the_final_model_of_every_method(name, tiny_run_config):
     """`smartfed eval --run DIR` rebuilds the trained model: same logits as the run's own."""
@@ -211,6 +216,7 @@ def test_eval_of_a_fedsa_run_says_there_is_no_global_model(tiny_run_config):
         load_eval_target(run_dir=config.output_dir)
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_lorahub_trains_at_its_learning_rate_setting(tiny_run_config, tmp_path):
     """LoRAHub's rate is its own `learning_rate` setting (default 5e-2, not the routers')."""
     from smartfed.methods.pool_mixing import LoraHubSettings
@@ -230,6 +236,7 @@ def test_lorahub_trains_at_its_learning_rate_setting(tiny_run_config, tmp_path):
         tiny_run_config(method="lorahub", lorahub_learning_rate=1e-1)
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_server_settings_follow_the_run_not_the_cached_model(tiny_run_config, tmp_path):
     """One process, two runs sharing a runtime (a bench): the second's EEQA switch holds."""
     eeqa = tiny_run_config(num_rounds=3, output_dir=str(tmp_path / "eeqa"))
@@ -240,6 +247,7 @@ def test_server_settings_follow_the_run_not_the_cached_model(tiny_run_config, tm
     assert any(r["quotas"] != [3] * 4 for r in _rows(tmp_path / "eeqa"))
 
 
+@pytest.mark.integration  # a whole run end to end
 @pytest.mark.parametrize("overrides", [{"method": "mole"}, {"method": "smartfed", "dense": True}])
 def test_routing_usage_is_gate_mass_not_selection_counts(overrides, tiny_run_config):
     """MoLE with top_k = N and dense SmartFed select everything on every token; the usage chart
@@ -253,6 +261,7 @@ def test_routing_usage_is_gate_mass_not_selection_counts(overrides, tiny_run_con
     assert any(abs(shares["pa"] - 0.5) > 1e-4 for shares in usage.values())
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_fedsa_lora_evaluates_averaged_a_with_each_clients_own_b(tiny_run_config):
     """The paper's personalised protocol, through Flower's evaluate round, on eval rounds only."""
     from smartfed.assembly.runtime import get_runtime
@@ -329,6 +338,7 @@ def test_negative_importance_is_a_dropped_reply_not_a_crashed_round(tiny_run_con
     assert "negative" in logic.check_reply({"importance": [0.1, -1e-9, 0.3, 0.4]})
 
 
+@pytest.mark.integration  # a whole run end to end
 @pytest.mark.parametrize("name", ["smartfed", "lorahub", "fedit"])
 def test_a_run_directory_of_version_0_1_still_evaluates(name, tiny_run_config):
     """`smartfed eval --run` on a run written before per-method settings: its config.json is

@@ -56,6 +56,7 @@ def test_a_preset_limit_is_dropped_under_dense(tiny_run_config):
     assert (settings.k_max, settings.eeqa_max_move) == (None, None)
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_max_move_and_k_max_hold_in_a_federated_run(tiny_run_config, tmp_path):
     """Every matrix has 4 + 4 experts; K = 3, k_min = 2, k_max = 5, one unit per round."""
     config = tiny_run_config(
@@ -88,6 +89,7 @@ def test_max_move_and_k_max_hold_in_a_federated_run(tiny_run_config, tmp_path):
     assert (saved["k_max"], saved["eeqa_max_move"], saved["output_scale"]) == (5, 1, "k0")
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_without_a_move_cap_the_same_run_jumps_further(tiny_run_config, tmp_path):
     """The cap is what holds the steps at 1: the same run without it moves a quota by more."""
     config = tiny_run_config(

@@ -72,6 +72,7 @@ def test_build_writes_a_peft_adapter_and_its_recipe(tmp_path, tiny_model_dir, ti
     assert not folder.with_name("arith.build").exists()  # checkpoint removed once written
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_an_interrupted_build_resumes_to_the_same_weights(tmp_path, tiny_model_dir, tiny_jsonl):
     straight = build(tmp_path / "a", tiny_model_dir, recipe(tiny_jsonl))
     expected = load_file(Path(straight.resolved_source()) / "adapter_model.safetensors")

@@ -223,3 +223,41 @@ def test_measurement_failure_mid_run(in_tmp: Path, caplog: pytest.LogCaptureFixt
     assert meter.cumulative_kwh() is None
     assert meter.stop() is None
     assert new_threads(before) == []
+
+
+# --------------------------------------------------------------- the CodeCarbon version gate
+
+
+@pytest.mark.parametrize("version", ["3.3.2", "3.3.0", "3.3"])
+def test_tested_codecarbon_series_passes(version: str) -> None:
+    assert energy.untested_codecarbon(version) is None
+
+
+@pytest.mark.parametrize("version", ["3.4.0", "3.2.9", "4.0.0", "3.30.1", "nightly"])
+def test_untested_codecarbon_is_one_line(version: str) -> None:
+    reason = energy.untested_codecarbon(version)
+    assert reason is not None and "\n" not in reason
+    assert f"CodeCarbon {version} is untested" in reason and "codecarbon>=3.3,<3.4" in reason
+
+
+def test_installed_codecarbon_is_tested() -> None:
+    """The environment the suite runs in is one the internals were checked against."""
+    assert energy.untested_codecarbon() is None
+
+
+def test_untested_codecarbon_gives_noop_meter_and_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(energy.importlib.metadata, "version", lambda name: "3.4.0")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the tracker must not be built on an untested CodeCarbon")
+
+    monkeypatch.setattr(energy, "_tracker_class", never)
+    with caplog.at_level(logging.WARNING, logger="smartfed.telemetry.energy"):
+        meter = EnergyMeter().start()
+    assert not meter.available and meter.quality == "unavailable"
+    assert meter.cumulative_kwh() is None and meter.stop() is None
+    assert "CodeCarbon 3.4.0 is untested" in meter.method
+    warnings = [r for r in caplog.records if r.name == "smartfed.telemetry.energy"]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()

@@ -142,6 +142,7 @@ def _array_bytes(tensor: torch.Tensor) -> int:
     return len(buffer.getvalue())
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_a_run_sends_the_residual_and_reloads_with_eval_run(tiny_run_config, tmp_path, capsys):
     runs = {}
     for rank in (0, RANK):

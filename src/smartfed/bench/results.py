@@ -8,40 +8,19 @@ A bench with ``--sweep`` / ``--seeds`` (smartfed.bench.sweep) gets :func:`seeded
 entry the grid, each point's validation loss, the choice, the per-seed numbers and their mean,
 sample std and n, and verdicts under TIE_RULE. Its entries keep the single-run fields (the mean
 over seeds), so readers of plain benches keep working.
+
+Verdicts use the one vocabulary of :mod:`smartfed.bench.stats`: ``better`` / ``worse`` / ``tie``
+on the final eval loss (lower is better), None below 2 seeds. Run folders are laid out and read
+by :mod:`smartfed.bench.layout`. Nothing here imports torch: ``benchmarks/`` scripts and
+``smartfed report`` read results without a model stack.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from smartfed.bench.variants import REFERENCE
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """summary.json + metrics.jsonl of one finished run."""
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    return {"summary": _read_json(run_dir / "summary.json"), "rows": rows}
-
-
-def loss_curve(run: dict[str, Any], metric: str = "eval_loss") -> list[tuple[int, float]]:
-    """(round, loss) from round 0 (the starting model) on; ``metric`` is ``eval_loss`` (the
-    in-distribution held-out loss) or ``target_loss`` (the task's target set)."""
-    curve = []
-    initial = run["summary"].get("initial_eval") or {}
-    if metric in initial:
-        curve.append((0, initial[metric]))
-    curve += [(row["round"], row[metric]) for row in run["rows"] if metric in row]
-    return curve
+from smartfed.bench.layout import final_loss, loss_curve, seed_folder
+from smartfed.bench.stats import BETTER, REFERENCE, TIE, TIE_RULE, WORSE, compare_spreads, spread
 
 
 def rounds_to_reach(run: dict[str, Any], target: float | None) -> int | None:
@@ -61,11 +40,10 @@ def _ratio(value: float | None, reference: float | None) -> float | None:
 
 def method_result(run: dict[str, Any]) -> dict[str, Any]:
     summary, rows = run["summary"], run["rows"]
-    final = summary.get("final_eval") or {}
     metric = summary.get("final_metric")
     return {
         "method": summary.get("method"),
-        "final_eval_loss": final.get("eval_loss"),
+        "final_eval_loss": final_loss(summary),
         "initial_eval_loss": (summary.get("initial_eval") or {}).get("eval_loss"),
         "metric": None if not metric else metric["value"],
         "metric_detail": metric,
@@ -175,11 +153,6 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 # --- Benches with --sweep / --seeds ---------------------------------------------------------
 
-TIE_RULE = (
-    "two entries tie when their mean final test eval losses differ by no more than the sum of "
-    "their sample standard deviations across seeds: |mean_a - mean_b| <= std_a + std_b "
-    "(no verdict with fewer than 2 seeds)"
-)
 # Per-run numbers summarised across seeds (mean, sample std, n).
 SEED_STATS = (
     "final_eval_loss", "initial_eval_loss", "metric", "bytes_up", "bytes_down", "rounds",
@@ -193,30 +166,9 @@ def report_run_dirs(bench: dict[str, Any]) -> dict[str, str]:
     own folder, or in a bench with --sweep / --seeds the run of its first seed."""
     seeds = bench.get("seeds")
     return {
-        e["label"]: f"{e['label']}/seed{seeds[0]}" if seeds else e["label"]
+        e["label"]: f"{e['label']}/{seed_folder(seeds[0])}" if seeds else e["label"]
         for e in bench["entries"]
     }
-
-
-def spread(values: list[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation (n - 1) and n of the values that are not None."""
-    known = [float(v) for v in values if v is not None]
-    n = len(known)
-    mean = sum(known) / n if n else None
-    std = (sum((v - mean) ** 2 for v in known) / (n - 1)) ** 0.5 if n >= 2 else None
-    return {"mean": mean, "std": std, "n": n, "values": list(values)}
-
-
-def compare_spreads(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """a against b under TIE_RULE: verdict lower / higher / tie (None below 2 seeds each)."""
-    if a["mean"] is None or b["mean"] is None:
-        return {"difference": None, "margin": None, "verdict": None}
-    difference = a["mean"] - b["mean"]
-    if a["std"] is None or b["std"] is None:
-        return {"difference": difference, "margin": None, "verdict": None}
-    margin = a["std"] + b["std"]
-    verdict = "tie" if abs(difference) <= margin else ("lower" if difference < 0 else "higher")
-    return {"difference": difference, "margin": margin, "verdict": verdict}
 
 
 def seeded_results(
@@ -385,7 +337,7 @@ def seeded_markdown(results: dict[str, Any]) -> str:
         values = m["stats"]["final_eval_loss"]["values"]
         lines.append(f"| {label} | " + " | ".join(_fmt(v, ".4f") for v in values) + " |")
     labels = list(methods)
-    symbol = {"lower": "<", "higher": ">", "tie": "=", None: "–"}
+    symbol = {BETTER: "<", WORSE: ">", TIE: "=", None: "–"}
     lines += [
         "",
         "## Pairwise: row vs column on mean final test eval loss",

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from smartfed.assembly.config import SettingValues
-from smartfed.bench.results import bench_results, read_run, results_markdown, seeded_results
-from smartfed.bench.sweep import TUNE_DIR, Sweep, check_sweep, choose, point_name, untuned_reason
+from smartfed.bench.layout import final_loss, is_finished, point_name, read_run, tune_run_dir
+from smartfed.bench.layout import run_dir as entry_run_dir
+from smartfed.bench.results import bench_results, results_markdown, seeded_results
+from smartfed.bench.sweep import Sweep, check_sweep, choose, untuned_reason
 from smartfed.bench.variants import BenchEntry
 from smartfed.engine.config import RESUMABLE_HARDWARE, RunConfig
 from smartfed.errors import ConfigError
@@ -118,8 +120,8 @@ def run_bench(
     _check_same_bench(bench_dir / "bench.json", record)
     write_json_atomic(bench_dir / "bench.json", record)
     for number, entry in enumerate(entries, start=1):
-        run_dir = bench_dir / entry.label
-        if (run_dir / "summary.json").is_file():
+        run_dir = entry_run_dir(bench_dir, entry.label)
+        if is_finished(run_dir):
             print(f"[{number}/{len(entries)}] {entry.label}: done, skipped", flush=True)
             continue
         resume = (run_dir / "checkpoints").is_dir()
@@ -128,7 +130,7 @@ def run_bench(
         verb = "resuming" if resume else "running"
         print(f"[{number}/{len(entries)}] {entry.label}: {verb} ({entry.description})", flush=True)
         run_federated(config)
-    runs = {e.label: read_run(bench_dir / e.label) for e in entries}
+    runs = {e.label: read_run(entry_run_dir(bench_dir, e.label)) for e in entries}
     results = bench_results(base.task, command, runs, record["settings"])
     write_json_atomic(bench_dir / "results.json", results)
     write_text_atomic(bench_dir / "results.md", results_markdown(results))
@@ -140,7 +142,7 @@ def _run(config: RunConfig, run_dir: Path, name: str, description: str) -> None:
     from smartfed.federation.runner import run_federated
 
     _check_same_run(run_dir, config)
-    if (run_dir / "summary.json").is_file():
+    if is_finished(run_dir):
         print(f"{name}: done, skipped", flush=True)
         return
     resume = (run_dir / "checkpoints").is_dir()
@@ -164,10 +166,6 @@ def _check_same_run(run_dir: Path, config: RunConfig) -> None:
                 f"{run_dir} was run with {key}={there!r}, this bench now plans {key}={now!r}; "
                 "remove that folder to rerun it, or choose another --output_dir"
             )
-
-
-def _final_loss(run_dir: Path) -> float | None:
-    return (read_run(run_dir)["summary"].get("final_eval") or {}).get("eval_loss")
 
 
 def run_sweep_bench(
@@ -212,7 +210,7 @@ def run_sweep_bench(
     for entry in entries:
         if reasons[entry.label] is None:
             for point in grid:
-                run_dir = bench_dir / TUNE_DIR / entry.label / point_name(point)
+                run_dir = tune_run_dir(bench_dir, entry.label, point)
                 overrides = {
                     **entry.overrides,
                     **point,
@@ -240,7 +238,7 @@ def run_sweep_bench(
             {
                 "point": point,
                 "run_dir": str(run_dir.relative_to(bench_dir)),
-                "validation_loss": _final_loss(run_dir),
+                "validation_loss": final_loss(read_run(run_dir)["summary"]),
             }
             for e, point, run_dir, _ in tune_plan
             if e.label == entry.label
@@ -267,7 +265,7 @@ def run_sweep_bench(
         for entry in entries:
             chosen = tuning[entry.label]["chosen"] or {}
             for seed in seeds:
-                run_dir = bench_dir / entry.label / f"seed{seed}"
+                run_dir = entry_run_dir(bench_dir, entry.label, seed)
                 overrides = {**entry.overrides, **chosen, "seed": seed, "output_dir": str(run_dir)}
                 config = values.config_for(entry.method, overrides, strict=False)
                 final_plan.append((entry, seed, run_dir, config))

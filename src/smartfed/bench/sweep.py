@@ -14,7 +14,8 @@ Layout of such a bench folder::
     BENCH_DIR/<label>/seed<k>/              the chosen point on the test split, seed k
     BENCH_DIR/results.json, results.md      smartfed.bench.results
 
-``<point>`` is ``setting=value`` (several swept settings joined by ``,``).
+``<point>`` is ``setting=value`` (several swept settings joined by ``,``), as
+:func:`smartfed.bench.layout.point_name` names it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ NOT_SWEEPABLE = frozenset(
     {"method", "output_dir", "resume", "preset", "seed", "eval_split", "eval_samples",
      "task", "data_dir", "engine", "energy_country", "metric_samples"}
 )  # fmt: skip
-TUNE_DIR = "tune"
 
 
 @dataclass(frozen=True)
@@ -61,17 +61,8 @@ class Sweep:
 
     def describe(self) -> str:
         return "; ".join(
-            f"{name} in {{{', '.join(_text(v) for v in vals)}}}" for name, vals in self.axes
+            f"{name} in {{{', '.join(str(v) for v in vals)}}}" for name, vals in self.axes
         )
-
-
-def _text(value: Any) -> str:
-    return str(value)
-
-
-def point_name(point: dict[str, Any]) -> str:
-    """The folder name of one grid point, e.g. ``learning_rate=0.001``."""
-    return ",".join(f"{name}={_text(value)}" for name, value in point.items())
 
 
 def _setting_field(name: str):

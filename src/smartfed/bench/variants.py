@@ -14,8 +14,6 @@ from typing import Any
 from smartfed.errors import ConfigError
 from smartfed.methods import get_method, method_names
 
-REFERENCE = "fedit"  # the method every ratio is taken against
-
 
 @dataclass(frozen=True)
 class BenchEntry:

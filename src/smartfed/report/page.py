@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smartfed.bench.results import loss_curve, read_run, report_run_dirs, results_markdown
+from smartfed.bench.layout import loss_curve, read_run
+from smartfed.bench.results import report_run_dirs, results_markdown
 from smartfed.errors import ConfigError
 from smartfed.report import plots
 from smartfed.utils.io import write_text_atomic

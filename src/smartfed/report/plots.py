@@ -1,6 +1,6 @@
 """Matplotlib figures of runs: loss curves, EEQA quotas, expert usage, partition sizes.
 
-Each function takes already-read run data (see :func:`smartfed.bench.results.read_run`) and
+Each function takes already-read run data (see :func:`smartfed.bench.layout.read_run`) and
 writes one PNG; none of them needs torch.
 """
 
@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from smartfed.bench.results import loss_curve
+from smartfed.bench.layout import loss_curve
 
 
 def _save(fig, path: Path) -> Path:

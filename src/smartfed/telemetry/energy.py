@@ -16,7 +16,11 @@ counters (no RAPL, as in most VMs and containers) CodeCarbon *estimates* CPU pow
 system CPU load and a TDP, and RAM power from the installed memory size; :attr:`EnergyMeter.method`
 says which, so reports can label the figure "estimated, not measured".
 
-CodeCarbon internals this module relies on (checked against CodeCarbon 3.3.2):
+CodeCarbon internals this module relies on (checked against CodeCarbon 3.3.2). They are private
+and may change in any release, so the meter runs only on the release series in
+:data:`TESTED_CODECARBON`: on another version :meth:`EnergyMeter.start` gives a no-op meter with
+one warning line (:func:`untested_codecarbon`), and the run goes on with null energy figures
+rather than figures read from attributes that may mean something else.
 
 * ``OfflineEmissionsTracker.start()/stop()`` (and ``__init__``) are wrapped in CodeCarbon's
   ``@suppress(Exception)``: they never raise, they log and return ``None``. Success of
@@ -46,8 +50,10 @@ CodeCarbon internals this module relies on (checked against CodeCarbon 3.3.2):
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -56,7 +62,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["CSV_FILE_NAME", "DEFAULT_COUNTRY_ISO_CODE", "EnergyMeter"]
+__all__ = [
+    "CSV_FILE_NAME",
+    "DEFAULT_COUNTRY_ISO_CODE",
+    "TESTED_CODECARBON",
+    "EnergyMeter",
+    "untested_codecarbon",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +91,30 @@ _CPU_COUNTER_MODES = {
     "intel_power_gadget": "CPU power measured by Intel Power Gadget",
 }
 
+#: CodeCarbon release series (major.minor) whose private internals this module was checked
+#: against (the list in the module docstring).
+TESTED_CODECARBON = ("3.3",)
+
 _tracker_cls: type | None = None
+
+
+def untested_codecarbon(version: str | None = None) -> str | None:
+    """None when ``version`` (default: the installed CodeCarbon's) is in a tested series, else
+    the one-line reason the meter stays off. Reads the package metadata: no CodeCarbon import."""
+    if version is None:
+        try:
+            version = importlib.metadata.version("codecarbon")
+        except importlib.metadata.PackageNotFoundError:
+            return "CodeCarbon is not installed (pip install 'codecarbon>=3.3,<3.4')"
+    match = re.match(r"(\d+)\.(\d+)(\.|$)", version)
+    if match is not None and f"{match[1]}.{match[2]}" in TESTED_CODECARBON:
+        return None
+    tested = ", ".join(f"{series}.x" for series in TESTED_CODECARBON)
+    return (
+        f"CodeCarbon {version} is untested: the energy meter reads CodeCarbon internals "
+        f"checked with codecarbon {tested} only; install that (pip install "
+        "'codecarbon>=3.3,<3.4')"
+    )
 
 
 def _tracker_class() -> type:
@@ -324,6 +359,10 @@ class EnergyMeter:
             if self._state != "new":
                 return self
             try:
+                untested = untested_codecarbon()
+                if untested is not None:  # the internals below may mean something else there
+                    self._fail(untested)
+                    return self
                 self._start_tracker()
             except Exception as exc:  # any failure -> no-op meter, the run goes on
                 self._fail(f"CodeCarbon failed to start ({type(exc).__name__}: {exc})")
