@@ -287,3 +287,67 @@ def test_tuning_runs_evaluate_only_after_the_last_round(tiny_run_config, tmp_pat
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert ["eval_loss" in r for r in rows] == [False, True]
+
+
+def _target_task(tmp_path: Path, tiny_task: str) -> tuple[str, str]:
+    """A copy of the tiny task plus a target set (three-term sums), as JSONL patterns."""
+    import random
+
+    task_dir, target_dir = tmp_path / "task", tmp_path / "target"
+    task_dir.mkdir()
+    target_dir.mkdir()
+    for split in ("train", "test"):
+        shutil.copy(tiny_task.replace("{split}", split), task_dir / f"{split}.jsonl")
+    rng = random.Random(3)
+    for split in ("dev", "test"):
+        with (target_dir / f"{split}.jsonl").open("w") as handle:
+            for _ in range(6):
+                a, b, c = (rng.randint(0, 9) for _ in range(3))
+                row = {"prompt": f"{a}+{b}+{c}=", "response": str(a + b + c)}
+                handle.write(json.dumps(row) + "\n")
+    return str(task_dir / "{split}.jsonl"), str(target_dir / "{split}.jsonl")
+
+
+def test_select_on_target_never_reads_test_data(tiny_run_config, tiny_task, tmp_path, capsys):
+    """Tuning on the target's dev slice: with every test record replaced by one that raises
+    when read, the tuning phase completes and chooses exactly as with the real files."""
+    config = tiny_run_config()
+    task, target = _target_task(tmp_path, tiny_task)
+
+    def tune(out: Path) -> dict:
+        argv = [
+            "bench", "--methods", "fedit,smartfed", *_tiny_flags(config, task),
+            "--target_data", target, "--target_samples", "6",
+            "--sweep", "learning_rate=1e-3,5e-2", "--tune_only", "--output_dir", str(out),
+        ]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+        return _json(out / "results.json")
+
+    intact = tune(tmp_path / "intact")
+    for pattern in (task, target):  # test records that raise when read (not JSON)
+        Path(pattern.replace("{split}", "test")).write_text("this raises when read\n")
+    poisoned = tune(tmp_path / "poisoned")
+    for label in ("fedit", "smartfed"):
+        entry = poisoned["methods"][label]
+        assert entry["chosen_by"] == "lowest final target dev loss"
+        losses = [p["target_dev_loss"] for p in entry["grid"]]
+        assert all(loss is not None for loss in losses)
+        assert entry["chosen"] == entry["grid"][losses.index(min(losses))]["point"]
+        assert entry["chosen"] == intact["methods"][label]["chosen"]
+        assert losses == [p["target_dev_loss"] for p in intact["methods"][label]["grid"]]
+        for point in entry["grid"]:
+            saved = _json(tmp_path / "poisoned" / point["run_dir"] / "config.json")
+            assert saved["target_split"] == "dev" and saved["eval_split"] == "validation"
+    assert poisoned["select_on"] == "target"
+    assert (
+        "final target dev loss per grid point" in (tmp_path / "poisoned" / "results.md").read_text()
+    )
+
+
+def test_select_on_target_needs_a_target_set(tiny_run_config, capsys):
+    config = tiny_run_config()
+    argv = ["bench", "--methods", "fedit", *_tiny_flags(config), "--select_on", "target",
+            "--sweep", "learning_rate=1e-3,5e-2", "--tune_only"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "has no target set" in err and len(err.strip().splitlines()) == 1

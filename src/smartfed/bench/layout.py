@@ -67,13 +67,18 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {"summary": summary, "rows": rows}
 
 
-def final_loss(summary: dict[str, Any], *, initial_if_untrained: bool = False) -> float | None:
-    """The final eval loss a run's summary.json records. With ``initial_if_untrained`` a run
-    that trained nothing (merge: no final evaluation) gives its initial one, which is then its
-    final model's."""
-    final = (summary.get("final_eval") or {}).get("eval_loss")
+_FINAL_KEYS = {"eval_loss": "final_eval", "target_loss": "final_target"}
+
+
+def final_loss(
+    summary: dict[str, Any], *, initial_if_untrained: bool = False, metric: str = "eval_loss"
+) -> float | None:
+    """The final loss a run's summary.json records: ``eval_loss`` (in-distribution) or
+    ``target_loss`` (the target set). With ``initial_if_untrained`` a run that trained nothing
+    (merge: no final evaluation) gives its initial one, which is then its final model's."""
+    final = (summary.get(_FINAL_KEYS[metric]) or {}).get(metric)
     if final is None and initial_if_untrained:
-        final = (summary.get("initial_eval") or {}).get("eval_loss")
+        final = (summary.get("initial_eval") or {}).get(metric)
     return final
 
 

@@ -95,6 +95,7 @@ def run_bench(
     sweep: Sweep | None = None,
     seeds: list[int] | None = None,
     tune_only: bool = False,
+    select_on: str = "validation",
 ) -> dict[str, Any]:
     """Run every entry (skipping finished ones), then write results.json and results.md.
 
@@ -115,8 +116,9 @@ def run_bench(
     }
     if sweep is not None or seeds is not None or tune_only:
         return run_sweep_bench(
-            values, entries, bench_dir, record, base, sweep=sweep, seeds=seeds, tune_only=tune_only
-        )
+            values, entries, bench_dir, record, base, sweep=sweep, seeds=seeds,
+            tune_only=tune_only, select_on=select_on,
+        )  # fmt: skip
     _check_same_bench(bench_dir / "bench.json", record)
     write_json_atomic(bench_dir / "bench.json", record)
     for number, entry in enumerate(entries, start=1):
@@ -178,12 +180,16 @@ def run_sweep_bench(
     sweep: Sweep | None,
     seeds: list[int] | None,
     tune_only: bool = False,
+    select_on: str = "validation",
 ) -> dict[str, Any]:
-    """Tune on the validation slice, then run the chosen points for every seed.
+    """Tune on dev data, then run the chosen points for every seed.
 
     Phase 1 (with ``sweep``): every tunable entry runs every grid point with
-    ``eval_split=validation`` and the first seed into tune/<label>/<point>/; the lowest final
-    validation loss chooses (:func:`smartfed.bench.sweep.choose`). Phase 2 (skipped with
+    ``eval_split=validation`` (a slice held out of the training data), ``target_split=dev`` and
+    the first seed into tune/<label>/<point>/; the lowest final loss chooses
+    (:func:`smartfed.bench.sweep.choose`): the target set's dev loss with
+    ``select_on="target"``, else the validation loss. Neither the task's test split nor the
+    target's test slice is read. Phase 2 (skipped with
     ``tune_only``): every entry runs its chosen point (untuned: its defaults) once per seed
     into <label>/seed<k>/ with the bench's own eval split. Every config is built before the
     first run, so a bad grid value fails in one line before any work."""
@@ -195,13 +201,18 @@ def run_sweep_bench(
                 "--sweep tunes on the validation slice and reports on the test split: do not "
                 "give --eval_split"
             )
-        if base.eval_samples == 0:
+        if select_on == "validation" and base.eval_samples == 0:
             raise ConfigError("--sweep chooses on the validation loss: --eval_samples must be > 0")
+        if select_on == "target" and not base.target_samples:
+            raise ConfigError(
+                f"--select_on target: task {base.task} has no target set (or --target_samples "
+                "is 0); give --target_data or --select_on validation"
+            )
     elif tune_only:
         raise ConfigError("--tune_only needs --sweep")
     settings = {k: v for k, v in record["settings"].items() if k != "seed"}  # that is seeds
     record = {**record, "settings": settings, "sweep": sweep.to_record() if sweep else None,
-              "seeds": seeds}  # fmt: skip
+              "seeds": seeds, "select_on": select_on if sweep else None}  # fmt: skip
     _check_same_bench(bench_dir / "bench.json", record)
 
     grid = sweep.grid if sweep else []
@@ -217,6 +228,7 @@ def run_sweep_bench(
                     "seed": seeds[0],
                     "output_dir": str(run_dir),
                     "eval_split": "validation",
+                    "target_split": "dev",  # the target's test slice is never read in tuning
                     "metric_samples": 0,  # the task benchmark is test data
                     # The choice reads the final validation loss only: no evaluation between.
                     "eval_every": {**entry.overrides, **point}.get("num_rounds", base.num_rounds),
@@ -231,21 +243,25 @@ def run_sweep_bench(
     total = len(tune_plan)
     for number, (entry, point, run_dir, config) in enumerate(tune_plan, start=1):
         name = f"[tune {number}/{total}] {entry.label} {point_name(point)}"
-        _run(config, run_dir, name, "validation split")
+        _run(config, run_dir, name, "validation split and target dev slice")
+    choice_key = {"target": "target_dev_loss", "validation": "validation_loss"}[select_on]
+    what = {"target": "target dev loss", "validation": "validation loss"}[select_on]
     tuning: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        rows = [
-            {
+        rows = []
+        for e, point, run_dir, _ in tune_plan:
+            if e.label != entry.label:
+                continue
+            summary = read_run(run_dir)["summary"]
+            rows.append({
                 "point": point,
                 "run_dir": str(run_dir.relative_to(bench_dir)),
-                "validation_loss": final_loss(read_run(run_dir)["summary"]),
-            }
-            for e, point, run_dir, _ in tune_plan
-            if e.label == entry.label
-        ]
-        best = choose([row["validation_loss"] for row in rows]) if rows else None
+                "validation_loss": final_loss(summary),
+                "target_dev_loss": final_loss(summary, metric="target_loss"),
+            })  # fmt: skip
+        best = choose([row[choice_key] for row in rows]) if rows else None
         if best is None and rows:  # nothing finite to choose from: the first, as on ties
-            print(f"{entry.label}: no grid point has a finite validation loss", flush=True)
+            print(f"{entry.label}: no grid point has a finite {what}", flush=True)
         tuning[entry.label] = {
             "method": entry.method,
             "tuned": bool(rows),
@@ -254,9 +270,9 @@ def run_sweep_bench(
             "chosen": rows[best if best is not None else 0]["point"] if rows else None,
             "chosen_by": None
             if not rows
-            else "lowest final validation loss"
+            else f"lowest final {what}"
             if best is not None
-            else "first grid point (no finite validation loss)",
+            else f"first grid point (no finite {what})",
         }
 
     runs_by_seed: dict[int, dict[str, dict[str, Any]]] = {}
@@ -282,6 +298,7 @@ def run_sweep_bench(
         seeds=seeds,
         tuning=tuning,
         runs_by_seed=runs_by_seed,
+        select_on=select_on,
     )
     write_json_atomic(bench_dir / "results.json", results)
     write_text_atomic(bench_dir / "results.md", results_markdown(results))

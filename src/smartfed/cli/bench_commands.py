@@ -57,6 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --sweep: run only the tuning phase (never reads the test split), then stop",
     )
+    bench.add_argument(
+        "--select_on",
+        choices=("target", "validation"),
+        help="with --sweep: choose each entry's grid point on the target set's dev slice "
+        "(default where the task has a target set) or on the validation slice held out of the "
+        "training data",
+    )
     bench.add_argument("--no_report", action="store_true", help="skip the plots and report.md")
     add_run_arguments(bench)
     bench.set_defaults(func=cmd_bench)
@@ -93,15 +100,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name} is swept by --sweep; do not also give it as a flag")
     if args.tune_only and sweep is None:
         raise ConfigError("--tune_only needs --sweep")
+    if args.select_on and sweep is None:
+        raise ConfigError("--select_on chooses among --sweep's grid points: give --sweep")
     if seeds is not None and len(seeds) == 1 and sweep is None:
         given["seed"], seeds = seeds[0], None  # one seed and no grid: an ordinary bench
     values = gather(preset=args.preset, config_file=args.config, overrides=given)
     values.check_declared_by([e.method for e in entries])
     base = values.config_for(entries[0].method, strict=False)
-    # With --tune_only the test split is never read, not even to check that it exists.
-    check_inputs(
-        replace(base, eval_split="validation", metric_samples=0) if args.tune_only else base
-    )
+    select_on = args.select_on or ("target" if base.target_samples else "validation")
+    # With --tune_only no test data is read, not even to check that it exists.
+    tuning_only = replace(base, eval_split="validation", target_split="dev", metric_samples=0)
+    check_inputs(tuning_only if args.tune_only else base)
     command = "smartfed " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
     results = run_bench(
         values,
@@ -111,6 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sweep=sweep,
         seeds=seeds,
         tune_only=args.tune_only,
+        select_on=select_on,
     )
     if args.tune_only:
         for label, result in results["methods"].items():
@@ -146,6 +156,8 @@ def _rebuild(args: argparse.Namespace) -> str:
         parts += ["--sweep", spec]
     if getattr(args, "tune_only", False):
         parts.append("--tune_only")
+    if getattr(args, "select_on", None):
+        parts += ["--select_on", args.select_on]
     for key in setting_flags():
         value = getattr(args, key, None)
         if value is None or key == "method":
