@@ -20,8 +20,9 @@ DATA_DIR=${DATA_DIR:-../shared/data}
 SMARTFED=${SMARTFED:-.venv/bin/smartfed}
 OUT=${OUT:-benchmarks/results/reference}/$TASK
 SEEDS=${SEEDS:-0,1,2}
+TARGET_SAMPLES=${TARGET_SAMPLES:-128}  # of the target set's dev slice (tuning) and test slice
 COMMON=(--preset demo --task "$TASK" --data_dir "$DATA_DIR" --seeds "$SEEDS" --eval_samples 128
-  --no_report)
+  --target_samples "$TARGET_SAMPLES" --no_report)
 case $TASK in
   cn_math) POOL_OLD=cn_chat,en_math ;;
   math_code) POOL_OLD=en_math,en_code ;;
@@ -33,6 +34,7 @@ POOL_V2=${POOL_OLD//,/_v2,}_v2  # the stronger pool: the same skills trained 4x 
 FRESH_GRID=5e-4,2e-3,1e-2   # fresh LoRA (FedIT's best at 5e-4 or 2e-3 on both tasks)
 B_ONLY_GRID=2e-3,1e-2,5e-2  # FFA-LoRA trains B only, from zero: a higher rate
 ROUTER_GRID=1e-2,5e-2,2e-1  # routers and module weights (the router study's grid)
+SB_GRID=2e-3,1e-2,5e-2      # Fed-SB's r x r matrix R (its paper uses rates above LoRA's)
 
 entry() {  # entry NAME METHOD GRID [FLAGS...]: one tuned, seeded bench folder
   local name=$1 method=$2 grid=$3
@@ -58,6 +60,15 @@ run_entry() {
       --enable_eeqa ;;
     # A fresh LoRA of rank 1: the cheapest knowledge-free point of the router study.
     fedit_r1) entry fedit_r1 fedit 2e-3,1e-2,5e-2 --lora_rank 1 --lora_alpha 2 ;;
+    # Knowledge-free baselines at or above SmartFed's bytes per round (issue: equal bytes).
+    fedit_r2) entry fedit_r2 fedit 2e-3,1e-2,5e-2 --lora_rank 2 --lora_alpha 4 ;;
+    ffa_lora_r2) entry ffa_lora_r2 ffa_lora "$B_ONLY_GRID" --lora_rank 2 --lora_alpha 4 ;;
+    fedit_bf16) entry fedit_bf16 fedit "$FRESH_GRID" --wire_dtype bfloat16 ;;
+    # Fed-SB: r = 26 sends at least SmartFed's defaults' bytes a round, r = 31 FedIT r1's.
+    fed_sb_r26) entry fed_sb_r26 fed_sb "$SB_GRID" --lora_rank 26 ;;
+    fed_sb_r31) entry fed_sb_r31 fed_sb "$SB_GRID" --lora_rank 31 ;;
+    # Reuse in Fed-SB's form: the pool's B and A mixed by merge + a trained rank-4 U V^T.
+    pool_bridge) entry pool_bridge pool_bridge "$ROUTER_GRID" ;;
     # SmartFed and merge over the stronger pool (Makefile: pool-v2), beside the entries above.
     smartfed_pool_v2) POOL=$POOL_V2 entry smartfed_pool_v2 smartfed "$ROUTER_GRID" ;;
     merge_pool_v2) POOL=$POOL_V2 entry merge_pool_v2 merge "" ;;

@@ -111,3 +111,19 @@ def test_transfer_evaluates_only_runs_that_still_have_weights(tmp_path):
     evaluated = [shlex.split(line) for line in log.read_text().splitlines()]
     assert [argv[argv.index("--run") + 1] for argv in evaluated] == [str(runs["fresh"])]
     assert "no final weights" in done.stdout and "no global model" in done.stdout
+
+
+GATE_AND_EQUAL_BYTES = ["fedit_r2", "ffa_lora_r2", "fedit_bf16", "fed_sb_r26", "fed_sb_r31",
+                        "pool_bridge"]  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["cn_math", "math_code"])
+def test_target_entries_parse_and_tune_on_the_target(task, tmp_path):
+    gate = re.search(r"ENTRIES=\$\{\*:-([^}]+)\}", (BENCHMARKS / "gate.sh").read_text())[1]
+    entries = [*gate.split(), *GATE_AND_EQUAL_BYTES]
+    commands = recorded_commands(task, entries, tmp_path)
+    assert len(commands) == len(entries)
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        assert args.target_samples == 128 and args.select_on is None  # the task's default: target
+        assert args.sweep, "every gate entry is tuned over a grid"

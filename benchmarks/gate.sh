@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The gate before the full re-run (issue: measure where the paper does): seed 0 of the strongest
+# knowledge-free baselines and SmartFed on both tasks' target sets, each entry tuned over its
+# 3-point grid on the target's dev slice (`--select_on target`, the default for these tasks),
+# then run once on the target's test slice. Resumable: rerun after an interruption.
+# Results: benchmarks/results/gate/TASK/ENTRY/; table: .venv/bin/python benchmarks/gate_table.py
+#
+#   benchmarks/gate.sh [ENTRY ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENTRIES=${*:-fedit smartfed smartfed_paper fedit_r1 fed_sb_r26}
+for entry in $ENTRIES; do
+  for task in math_code cn_math; do
+    OUT=benchmarks/results/gate SEEDS=0 benchmarks/reference.sh "$task" "$entry"
+  done
+done
