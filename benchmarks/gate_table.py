@@ -1,0 +1,137 @@
+"""The gate's table (``benchmarks/gate.sh``): seed 0 of each entry on both tasks' target sets.
+
+    .venv/bin/python benchmarks/gate_table.py    # benchmarks/results/gate/README.md, gate.json
+
+One row per finished entry folder ``benchmarks/results/gate/TASK/ENTRY/`` (a ``smartfed bench
+--sweep learning_rate=... --seeds 0`` chosen on the target's dev slice): the final target test
+loss (the headline), the in-distribution test loss, the chosen rate, and the bytes of one
+steady-state round (the last round's up + down: Fed-SB's one-off init broadcast is in its
+total, not in this figure). An entry whose seed-0 run has not finished is listed as pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from smartfed.bench.layout import final_loss, finished_runs, read_run
+from smartfed.bench.tables import mib, read_json
+from smartfed.utils.io import write_text_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results" / "gate"
+TASKS = ("cn_math", "math_code")
+# Knowledge-free baselines are compared with SmartFed's defaults when they send at least as much.
+KNOWLEDGE_FREE = ("fedit", "fedit_r1", "fedit_r2", "ffa_lora_r2", "fedit_bf16", "fed_sb_r26",
+                  "fed_sb_r31")  # fmt: skip
+
+
+def entry_row(bench_dir: Path) -> dict[str, Any] | None:
+    """The seed-0 numbers of one entry folder, or None while it has not finished."""
+    bench = read_json(bench_dir / "bench.json")
+    label = bench["entries"][0]["label"]
+    runs = finished_runs(bench_dir, label, [0])
+    if not runs:
+        return None
+    run = read_run(runs[0])
+    summary, rows = run["summary"], run["rows"]
+    results = (
+        read_json(bench_dir / "results.json") if (bench_dir / "results.json").is_file() else {}
+    )
+    chosen = ((results.get("methods") or {}).get(label) or {}).get("chosen")
+    last = rows[-1] if rows else {"bytes_up": 0, "bytes_down": 0}
+    return {
+        "entry": bench_dir.name,
+        "method": summary["method"],
+        "chosen": chosen,
+        "target_test_loss": final_loss(summary, initial_if_untrained=True, metric="target_loss"),
+        "initial_target_loss": (summary.get("initial_eval") or {}).get("target_loss"),
+        "test_loss": final_loss(summary, initial_if_untrained=True),
+        "bytes_per_round": last["bytes_up"] + last["bytes_down"],
+        "bytes_total": summary["bytes_up"] + summary["bytes_down"],
+        "target": summary.get("target"),
+    }
+
+
+def task_table(task: str, root: Path) -> dict[str, Any]:
+    rows, pending = [], []
+    for bench_dir in sorted(p for p in (root / task).glob("*") if (p / "bench.json").is_file()):
+        row = entry_row(bench_dir)
+        (rows.append(row) if row else pending.append(bench_dir.name))
+    rows.sort(key=lambda r: r["target_test_loss"] if r["target_test_loss"] is not None else 1e9)
+    return {"task": task, "rows": rows, "pending": pending, "gate": gate_answer(rows)}
+
+
+def gate_answer(rows: list[dict[str, Any]]) -> str:
+    """Whether SmartFed's defaults end below every knowledge-free entry that sends at least as
+    many bytes a round (seed 0 only: a direction, not a verdict)."""
+    by_entry = {r["entry"]: r for r in rows}
+    ours = by_entry.get("smartfed")
+    if ours is None:
+        return "SmartFed's defaults have not finished yet."
+    floor = ours["bytes_per_round"]
+    rivals = [
+        r for e, r in by_entry.items() if e in KNOWLEDGE_FREE and r["bytes_per_round"] >= floor
+    ]
+    if not rivals:
+        return "No finished knowledge-free entry sends at least SmartFed's bytes a round yet."
+    beaten = [r["entry"] for r in rivals if ours["target_test_loss"] < r["target_test_loss"]]
+    lost = [r["entry"] for r in rivals if r["entry"] not in beaten]
+    if not lost:
+        return f"SmartFed's defaults are lower than every one of them ({', '.join(beaten)})."
+    best = min((r for r in rivals), key=lambda r: r["target_test_loss"])
+    return (
+        f"SmartFed's defaults are not lower than {', '.join(lost)}; the best is {best['entry']} "
+        f"({best['target_test_loss']:.4f} vs SmartFed's {ours['target_test_loss']:.4f})."
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def markdown(tables: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Gate: seed 0 on the target sets",
+        "",
+        "Made by `benchmarks/gate.sh` (each entry tuned over 3 learning rates on the target's dev",
+        "slice, then one run, seed 0, on the target's test slice) and",
+        "`.venv/bin/python benchmarks/gate_table.py`. One seed: a direction, not a verdict.",
+        "Target sets: cn_math -> MGSM-zh in Math23K's format, math_code -> GSM-Hard in",
+        "gsm8k_pal's format (`smartfed.data.targets`). Bytes a round: the last round's up + down.",
+        "",
+    ]
+    for table in tables:
+        lines += [
+            f"## {table['task']}",
+            "",
+            "| entry | chosen | target test loss (round 0) | in-distribution test loss | "
+            "bytes a round | bytes total |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in table["rows"]:
+            chosen = ", ".join(f"{k}={v}" for k, v in (r["chosen"] or {}).items()) or "–"
+            lines.append(
+                f"| {r['entry']} | {chosen} | {_fmt(r['target_test_loss'])} "
+                f"({_fmt(r['initial_target_loss'])}) | {_fmt(r['test_loss'])} | "
+                f"{mib(r['bytes_per_round'])} | {mib(r['bytes_total'])} |"
+            )
+        if table["pending"]:
+            lines.append(f"\nNot finished yet: {', '.join(table['pending'])}.")
+        lines += ["", f"Gate: {table['gate']}", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    tables = [task_table(task, args.results) for task in TASKS]
+    write_text_atomic(args.results / "README.md", markdown(tables))
+    write_text_atomic(args.results / "gate.json", json.dumps(tables, indent=1) + "\n")
+    print(markdown(tables))
+
+
+if __name__ == "__main__":
+    main()

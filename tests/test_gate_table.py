@@ -1,0 +1,57 @@
+"""benchmarks/gate_table.py: seed-0 rows from bench folders, and the gate's question answered
+against the knowledge-free entries that send at least SmartFed's bytes a round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .benchmark_scripts import import_benchmark
+
+gate_table = import_benchmark("gate_table")
+
+
+def _entry(root: Path, task: str, entry: str, method: str, target: float, per_round: int) -> None:
+    bench = root / task / entry
+    run = bench / entry / "seed0"
+    run.mkdir(parents=True)
+    (bench / "bench.json").write_text(json.dumps({"entries": [{"label": entry}]}))
+    (bench / "results.json").write_text(
+        json.dumps({"methods": {entry: {"chosen": {"learning_rate": 0.01}}}})
+    )
+    rows = [{"round": r, "bytes_up": per_round // 2, "bytes_down": per_round // 2} for r in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {
+        "method": method,
+        "initial_eval": {"target_loss": 2.0, "eval_loss": 2.5},
+        "final_target": {"round": 2, "target_loss": target},
+        "final_eval": {"round": 2, "eval_loss": 1.0},
+        "bytes_up": per_round,
+        "bytes_down": per_round,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_rows_sorted_by_target_loss_and_the_gate(tmp_path: Path) -> None:
+    _entry(tmp_path, "math_code", "smartfed", "smartfed", 0.70, 1000)
+    _entry(tmp_path, "math_code", "fedit", "fedit", 0.80, 50_000)
+    _entry(tmp_path, "math_code", "fedit_r1", "fedit", 0.60, 900)  # cheaper: not a rival
+    table = gate_table.task_table("math_code", tmp_path)
+    assert [r["entry"] for r in table["rows"]] == ["fedit_r1", "smartfed", "fedit"]
+    assert table["rows"][1]["bytes_per_round"] == 1000
+    assert table["gate"] == "SmartFed's defaults are lower than every one of them (fedit)."
+
+    _entry(tmp_path, "math_code", "fed_sb_r26", "fed_sb", 0.65, 1200)
+    table = gate_table.task_table("math_code", tmp_path)
+    assert table["gate"].startswith("SmartFed's defaults are not lower than fed_sb_r26")
+    text = gate_table.markdown([table])
+    assert "| smartfed | learning_rate=0.01 | 0.7000 (2.0000) | 1.0000 |" in text
+
+
+def test_unfinished_entries_are_pending(tmp_path: Path) -> None:
+    bench = tmp_path / "cn_math" / "fedit"
+    bench.mkdir(parents=True)
+    (bench / "bench.json").write_text(json.dumps({"entries": [{"label": "fedit"}]}))
+    table = gate_table.task_table("cn_math", tmp_path)
+    assert table["pending"] == ["fedit"] and table["rows"] == []
+    assert table["gate"] == "SmartFed's defaults have not finished yet."
