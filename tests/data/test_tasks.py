@@ -16,8 +16,8 @@ from ..conftest import make_tiny_tokenizer
 @pytest.mark.parametrize(
     ("task", "pool", "benchmark"),
     [
-        ("cn_math", "cn_chat,en_math", "mgsm_zh"),
-        ("math_code", "en_math,en_code", "gsm_hard"),
+        ("cn_math", "cn_chat,en_math", "mgsm_zh_math23k"),
+        ("math_code", "en_math,en_code", "gsm_hard_gsm8k_pal"),
         ("cn_code_offline", "cn_chat,en_code", "mbpp"),
         ("gsm8k", "smoke_math_a,smoke_math_b", "gsm8k"),
     ],

@@ -46,3 +46,10 @@ def test_wilson_interval(correct: int, n: int, low: float, high: float) -> None:
     interval = wilson_interval(correct, n)
     assert interval == pytest.approx([low, high], abs=1e-4)
     assert wilson_interval(0, 0) is None
+
+
+@pytest.mark.parametrize("name", ["math23k", "gsm8k_pal"])
+def test_in_distribution_references_score_correct(name: str) -> None:
+    bench = get_benchmark(name)
+    for example in load_examples(name, "test", limit=5):
+        assert bench.score(example, example.response, SandboxLimits()).correct, example.prompt

@@ -90,7 +90,7 @@ register_task(
         eval_dataset="math23k",
         eval_split="test",
         default_pool="cn_chat,en_math",
-        benchmark="mgsm_zh",
+        benchmark="mgsm_zh_math23k",  # MGSM-zh's target test slice, in the training format
         target_dataset="mgsm_zh_math23k",
     )
 )
@@ -134,7 +134,7 @@ register_task(
         eval_dataset="gsm8k_pal",
         eval_split="test",
         default_pool="en_math,en_code",
-        benchmark="gsm_hard",
+        benchmark="gsm_hard_gsm8k_pal",  # GSM-Hard's target test slice, in the training format
         target_dataset="gsm_hard_gsm8k_pal",
     )
 )

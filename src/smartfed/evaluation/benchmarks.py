@@ -20,7 +20,8 @@ CLI. Each kind accepts its own options (:data:`GenerativeBenchmark.options`,
   Program-execution accuracy.
 * ``mgsm_zh_math23k`` / ``gsm_hard_gsm8k_pal``: the target sets' test slices
   (:mod:`smartfed.data.targets`), prompted as the task trains; the generated equation is
-  evaluated (MGSM-zh) or the program run in the sandbox (GSM-Hard). Accuracy.
+  evaluated (MGSM-zh) or the program run in the sandbox (GSM-Hard). Accuracy. ``math23k`` /
+  ``gsm8k_pal``: the same scoring on the tasks' in-distribution test splits.
 * ``humaneval`` / ``mbpp``: the generated code is run with the benchmark's own tests in the
   sandbox; a sample passes when every assertion holds. pass@1 with greedy decoding.
 
@@ -387,6 +388,30 @@ register_benchmark(
         metric="accuracy",
         prompt=_question,
         score=_score_equation,
+    )
+)
+# The same scoring on the tasks' in-distribution test splits.
+register_benchmark(
+    GenerativeBenchmark(
+        name="math23k",
+        description="Math23K test (cn_math's in-distribution test), the generated equation's value",
+        dataset="math23k",
+        split="test",
+        metric="accuracy",
+        prompt=_question,
+        score=_score_equation,
+    )
+)
+register_benchmark(
+    GenerativeBenchmark(
+        name="gsm8k_pal",
+        description="GSM8K test as PAL programs (math_code's in-distribution test), execution",
+        dataset="gsm8k_pal",
+        split="test",
+        metric="accuracy",
+        prompt=_question,
+        score=_score_pal,
+        max_new_tokens=320,
     )
 )
 register_benchmark(
