@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Transfer test of the math_code reference runs: answer-token loss of each finished seed run's
-# final model on GSM-Hard's reference programs (128 items, math_code's PAL format: harder numbers,
-# programs by another hand), into <run>/transfer_loss.json, which reference_table.py reads.
+# Style-shift test of the math_code reference runs: answer-token loss of each finished seed run's
+# final model on GSM-Hard's own reference programs (128 items, math_code's PAL prompt: harder
+# numbers, programs by another hand, the original question in the docstring), into
+# <run>/transfer_loss.json, which reference_table.py reads. Not the headline: that is the target
+# loss (GSM-Hard in math_code's own program style, scored every round). --max_seq_len 512 cuts
+# no item; the result records how many were cut ("truncated").
 # Resumable: runs that already have the file are skipped.
 #   benchmarks/reference_transfer.sh [RESULTS_DIR]   (default benchmarks/results/reference)
 set -euo pipefail
@@ -19,5 +22,5 @@ for run in "$RESULTS"/math_code/*/*/seed*/; do
   [[ -d $run/final ]] || { echo "skip $run (no final weights: rerun it to measure transfer)"; continue; }
   echo "== $run ($(date -u +%H:%M))"
   "$SMARTFED" eval --run "$run" --benchmark loss --data gsm_hard_pal --split test --limit 128 \
-    --max_seq_len 256 --data_dir "$DATA_DIR" --output "$run/transfer_loss.json"
+    --max_seq_len 512 --data_dir "$DATA_DIR" --output "$run/transfer_loss.json"
 done

@@ -102,6 +102,16 @@ def test_the_loss_benchmark_gives_the_engine_evaluators_numbers(
     assert item_sum == pytest.approx(engine["eval_loss_sum"], rel=1e-6)
     assert (result["benchmark"], result["metric"], result["split"]) == ("loss", "loss", "test")
     assert result["settings"] == {"max_seq_len": 512, "batch_size": batch_size}
+    assert result["truncated"] == 0
+
+
+def test_the_loss_benchmark_counts_cut_answers(tiny_target, tmp_path):
+    data = tmp_path / "long.jsonl"
+    rows = [{"prompt": "1+1=", "response": "2" * 60}, {"prompt": "2+2=", "response": "4"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = EvalSettings(data=str(data), max_seq_len=48)
+    result = get_benchmark("loss").evaluate(tiny_target, settings, progress=False)
+    assert (result["n"], result["truncated"]) == (2, 1)
 
 
 def test_answer_token_loss_is_cross_entropy_bit_for_bit(tiny_target):

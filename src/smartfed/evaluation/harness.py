@@ -26,7 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from smartfed import __version__
-from smartfed.data import encode_example, load_examples
+from smartfed.data import encode_examples, load_examples
 from smartfed.data.formatting import collate
 from smartfed.engine.evaluation import answer_token_loss
 from smartfed.errors import ConfigError
@@ -226,13 +226,16 @@ def evaluate_loss(
     :func:`smartfed.engine.evaluation.evaluate_loss` returns as ``eval_loss`` on the same batches.
     """
     examples = load_examples(dataset, split, data_dir=data_dir, limit=limit)
-    rows = [(i, encode_example(target.tokenizer, ex, max_seq_len)) for i, ex in enumerate(examples)]
+    if not examples:
+        raise ConfigError(f"{dataset}/{split}: no examples")
+    try:
+        encoded = encode_examples(target.tokenizer, examples, max_seq_len)
+    except ConfigError:
+        raise ConfigError(f"{dataset}/{split}: no example fits max_seq_len {max_seq_len}") from None
     # Shortest first, as the engine's evaluation batches them (less padding; the same numbers).
     rows = sorted(
-        ((i, row) for i, row in rows if row is not None), key=lambda pair: len(pair[1]["input_ids"])
+        zip(encoded.kept, encoded.encoded, strict=True), key=lambda pair: len(pair[1]["input_ids"])
     )
-    if not rows:
-        raise ConfigError(f"{dataset}/{split}: no example fits max_seq_len {max_seq_len}")
     pad_id = target.tokenizer.pad_token_id or 0
     started = time.perf_counter()
     model = target.model
@@ -263,6 +266,8 @@ def evaluate_loss(
         "tokens": total_tokens,
         "n": len(items),
         "skipped": len(examples) - len(items),
+        # Items whose answer was cut at max_seq_len: their loss covers only what fits.
+        "truncated": encoded.truncated,
         "dataset": dataset,
         "split": split,
         "limit": limit,
