@@ -18,13 +18,21 @@ from smartfed import __version__
 from smartfed.cli import (
     bench_commands,
     eval_command,
+    export_command,
     generate_command,
     pool_commands,
     run_command,
 )
 from smartfed.errors import SmartFedError
 
-COMMAND_MODULES = [pool_commands, run_command, eval_command, bench_commands, generate_command]
+COMMAND_MODULES = [
+    pool_commands,
+    run_command,
+    eval_command,
+    export_command,
+    bench_commands,
+    generate_command,
+]
 
 
 class _CurrentStderr(logging.StreamHandler):
