@@ -119,3 +119,75 @@ def test_routed_exports_reproduce_the_run_without_its_pool(method, finished_run,
     model = from_pretrained(config.model_name_or_path, out)
     loss = evaluate_loss(model, batches)["eval_loss"]
     assert loss == pytest.approx(summary["final_eval"]["eval_loss"], abs=1e-5)
+
+
+def _one_line_error(code: int, err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("smartfed: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_export_refusals_are_one_line_and_write_nothing(finished_run, tmp_path, capsys):
+    config, _, _ = finished_run("fedit")
+    done = Path(config.output_dir)
+    saved = json.loads((done / "config.json").read_text())
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text(json.dumps(saved))
+    fedsa = tmp_path / "fedsa"
+    fedsa.mkdir()
+    (fedsa / "config.json").write_text(json.dumps({**saved, "method": "fedsa_lora"}))
+    capsys.readouterr()
+
+    target = tmp_path / "out"
+    for run_dir, expected in (
+        (unfinished, "has not finished"),
+        (fedsa, "no global model"),
+        (tmp_path / "missing", "no such folder"),
+    ):
+        line = _one_line_error(main(["export", str(run_dir), "--to", str(target)]),
+                               capsys.readouterr().err)  # fmt: skip
+        assert expected in line
+        assert not target.exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    line = _one_line_error(main(["export", str(done), "--to", str(busy)]), capsys.readouterr().err)
+    assert "not empty" in line
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+    line = _one_line_error(main(["export-base", "--to", str(busy)]), capsys.readouterr().err)
+    assert "not a new or empty folder" in line
+    # An empty folder is a fine target.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", str(done), "--to", str(empty)]) == 0
+    assert (empty / "adapter_model.safetensors").is_file()
+
+
+def test_export_base_writes_the_folder_runs_load(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "base"
+    assert main(["export-base", "--model", str(tiny_model_dir), "--to", str(out)]) == 0
+    written = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert written.keys() == original.keys()
+    assert all(torch.equal(written[k], original[k]) for k in original)
+    assert (out / "tokenizer_config.json").is_file()
+
+
+def test_the_card_names_a_gguf_base_exactly_and_how_to_rebuild_it(tmp_path, monkeypatch):
+    from smartfed.hf.export import base_model_section
+    from smartfed.models.loading import ModelSource, base_model_folder
+    from smartfed.utils.hashing import file_sha256
+
+    monkeypatch.setenv("SMARTFED_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.write_bytes(b"not really a model")
+    source = ModelSource("gguf", str(gguf), "smollm2-135m-instruct")
+    section = base_model_section(source)
+    assert "de-quantized" in section and "Q4_1" in section and file_sha256(gguf) in section
+    assert "not** the hub's" in section
+    assert str(base_model_folder(source, "float32")) in section
+    assert "smartfed export-base --model smollm2-135m-instruct --to BASE_DIR" in section
