@@ -191,3 +191,22 @@ def test_the_card_names_a_gguf_base_exactly_and_how_to_rebuild_it(tmp_path, monk
     assert "not** the hub's" in section
     assert str(base_model_folder(source, "float32")) in section
     assert "smartfed export-base --model smollm2-135m-instruct --to BASE_DIR" in section
+
+
+def test_chat_prints_the_runs_greedy_answer_with_the_chat_template(finished_run, capsys):
+    from smartfed.evaluation.generation import generate
+
+    config, _, _ = finished_run("smartfed")
+    capsys.readouterr()
+    argv = ["chat", "--run", config.output_dir, "--prompt", "3+4=", "--max_new_tokens", "6"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out.strip()
+    # The same answer as SmartFed's batched generation, which renders the chat template.
+    model, tokenizer = smartfed.load_run(config.output_dir, device="cpu")
+    expected = generate(model, tokenizer, ["3+4="], max_new_tokens=6, progress=False)[0]
+    assert printed == expected
+
+
+def test_chat_on_a_missing_run_is_one_line(tmp_path, capsys):
+    code = main(["chat", "--run", str(tmp_path / "nope"), "--prompt", "hi"])
+    assert "--run" in _one_line_error(code, capsys.readouterr().err)

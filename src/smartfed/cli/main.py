@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from smartfed import __version__
 from smartfed.cli import (
     bench_commands,
+    chat_command,
     eval_command,
     export_command,
-    generate_command,
     pool_commands,
     run_command,
+    scaffold_command,
 )
 from smartfed.errors import SmartFedError
 
@@ -30,8 +31,9 @@ COMMAND_MODULES = [
     run_command,
     eval_command,
     export_command,
+    chat_command,
     bench_commands,
-    generate_command,
+    scaffold_command,
 ]
 
 
