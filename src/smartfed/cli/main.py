@@ -20,6 +20,7 @@ from smartfed.cli import (
     chat_command,
     eval_command,
     export_command,
+    lm_eval_command,
     pool_commands,
     run_command,
     scaffold_command,
@@ -32,6 +33,7 @@ COMMAND_MODULES = [
     eval_command,
     export_command,
     chat_command,
+    lm_eval_command,
     bench_commands,
     scaffold_command,
 ]
