@@ -16,6 +16,7 @@ from smartfed.assembly.runtime import get_runtime
 from smartfed.cli.main import main
 from smartfed.engine.evaluation import evaluate_loss
 from smartfed.federation.runner import run_federated
+from smartfed.tuners.lorahub import LoraHubModel
 
 ALL_METHODS = ["fedit", "ffa_lora", "merge", "lorahub", "mole", "smartfed"]
 
@@ -210,3 +211,35 @@ def test_chat_prints_the_runs_greedy_answer_with_the_chat_template(finished_run,
 def test_chat_on_a_missing_run_is_one_line(tmp_path, capsys):
     code = main(["chat", "--run", str(tmp_path / "nope"), "--prompt", "hi"])
     assert "--run" in _one_line_error(code, capsys.readouterr().err)
+
+
+def test_pool_weighting_as_one_lora_is_exact_with_ranks_that_differ_by_matrix(
+    make_adapter, tmp_path, input_ids
+):
+    """merge / LoRAHub as a plain LoRA: q_proj gets both modules (rank 4 + 2), v_proj one
+    (rank 4), so the ranks go through PEFT's rank_pattern; PEFT's model gives the same logits."""
+    from peft import PeftModel
+
+    from smartfed.hf.export import _write_pool_lora
+    from smartfed.pool import load_pool
+
+    from ..conftest import make_tiny_llama
+
+    pool = load_pool(
+        [str(make_adapter("wide", r=4, seed=1)),
+         str(make_adapter("narrow", r=2, targets=("q_proj",), seed=2))]
+    )  # fmt: skip
+    hub = LoraHubModel(make_tiny_llama(), pool)
+    with torch.no_grad():
+        hub.lorahub.weights.copy_(torch.tensor([0.7, -1.3]))
+    out = tmp_path / "lora"
+    out.mkdir()
+    ranks = _write_pool_lora(hub, out, "tiny")
+    assert sorted(set(ranks.values())) == [4, 6]
+    peft_model = PeftModel.from_pretrained(make_tiny_llama(), str(out)).eval()
+    with torch.no_grad():
+        expected = hub(input_ids=input_ids).logits
+        got = peft_model(input_ids=input_ids).logits
+        base = make_tiny_llama()(input_ids=input_ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(base, expected, atol=1e-3)  # the update is there to see
