@@ -434,7 +434,7 @@ def model_card(
             f"- {final_metric.get('benchmark')}: {final_metric.get('metric')} "
             f"{final_metric.get('value')} (n = {final_metric.get('n')})"
         )
-    for key in ("rounds", "total_bytes", "communicated_parameters"):
+    for key in ("rounds", "bytes_down", "bytes_up", "communicated_parameters"):
         if summary and key in summary:
             results.append(f"- {key}: {summary[key]}")
     pool_lines = []
