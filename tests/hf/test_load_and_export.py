@@ -165,6 +165,7 @@ def test_export_refusals_are_one_line_and_write_nothing(finished_run, tmp_path, 
     empty.mkdir()
     assert main(["export", str(done), "--to", str(empty)]) == 0
     assert (empty / "adapter_model.safetensors").is_file()
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in empty.iterdir())  # readable by all
 
 
 def test_export_base_writes_the_folder_runs_load(tiny_model_dir, tmp_path):

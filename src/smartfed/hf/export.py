@@ -129,6 +129,8 @@ def export_run(
         run.tokenizer.save_pretrained(str(tmp))
         pool = getattr(model, "pool", None) or _run_pool(config, pool_manifest)
         write_text_atomic(tmp / "README.md", model_card(run_dir, config, info, source, pool))
+        for file in tmp.iterdir():  # safetensors writes owner-only files; an export is shared
+            file.chmod(0o644)
 
     target = Path(to)
     if target.is_dir():  # empty (check_export): replaced by the finished folder
@@ -398,7 +400,7 @@ def model_card(
         how = (
             "A SmartFed routed adapter (the routers and the frozen pool modules they route over, "
             "in one file). PEFT cannot load it (see below); SmartFed does:\n\n"
-            "```python\nimport smartfed.hf\n"
+            "```python\nimport smartfed.hf\nimport transformers\n"
             'model = smartfed.hf.from_pretrained("BASE_DIR", "THIS_DIR")\n'
             'tokenizer = transformers.AutoTokenizer.from_pretrained("THIS_DIR")\n```\n\n'
             "PEFT 0.18-0.21 accept new methods only under names of their own `PeftType` enum and "
