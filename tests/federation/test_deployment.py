@@ -43,10 +43,11 @@ def _declared() -> dict:
 
 # ---------------------------------------------------------------------------- fast checks
 def test_app_config_is_generated_from_the_settings_and_current():
-    from smartfed.cli.generate_command import generated_pyproject
+    from smartfed.cli.scaffold_command import MARKER, generated_pyproject
 
     current = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
-    assert generated_pyproject(current) == current, "run `smartfed generate flower-app`"
+    assert generated_pyproject(current) == current, "run `smartfed scaffold flower-app`"
+    assert MARKER in current and "smartfed scaffold flower-app" in MARKER
     declared = _declared()
     assert "num-rounds" in declared and "smartfed.topk-experts" in declared
     assert "fedit.lora-rank" in declared and "topk-experts" not in declared
@@ -61,8 +62,23 @@ def test_a_stale_app_config_fails_the_check(tmp_path, capsys):
     stale = tmp_path / "pyproject.toml"
     text = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
     stale.write_text(text.replace("num-rounds = 20", "num-rounds = 21"), encoding="utf-8")
-    assert main(["generate", "flower-app", "--path", str(stale), "--check"]) == 1
-    assert "is stale" in capsys.readouterr().err
+    assert main(["scaffold", "flower-app", "--path", str(stale), "--check"]) == 1
+    assert "is stale: run `smartfed scaffold flower-app`" in capsys.readouterr().err
+
+
+def test_generate_is_a_deprecated_alias_of_scaffold(tmp_path, capsys):
+    """`smartfed generate` (SmartFed 0.1's name) still works for one release, says it is
+    deprecated, and rewrites a file that carries the old marker line with the new one."""
+    from smartfed.cli.main import main
+    from smartfed.cli.scaffold_command import MARKER, OLD_MARKER
+
+    old = tmp_path / "pyproject.toml"
+    text = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
+    old.write_text(text.replace(MARKER, OLD_MARKER), encoding="utf-8")
+    assert main(["generate", "flower-app", "--path", str(old)]) == 0
+    err = capsys.readouterr().err
+    assert "`smartfed generate` is deprecated" in err and "smartfed scaffold flower-app" in err
+    assert old.read_text(encoding="utf-8") == text
 
 
 def test_command_line_overrides_parse_like_flwr_run(tmp_path):

@@ -17,14 +17,26 @@ from collections.abc import Sequence
 from smartfed import __version__
 from smartfed.cli import (
     bench_commands,
+    chat_command,
     eval_command,
-    generate_command,
+    export_command,
+    lm_eval_command,
     pool_commands,
     run_command,
+    scaffold_command,
 )
 from smartfed.errors import SmartFedError
 
-COMMAND_MODULES = [pool_commands, run_command, eval_command, bench_commands, generate_command]
+COMMAND_MODULES = [
+    pool_commands,
+    run_command,
+    eval_command,
+    export_command,
+    chat_command,
+    lm_eval_command,
+    bench_commands,
+    scaffold_command,
+]
 
 
 class _CurrentStderr(logging.StreamHandler):

@@ -127,6 +127,17 @@ def _gguf_cache_dir(source: ModelSource, dtype: torch.dtype) -> Path:
     return cache_root() / "models" / f"{Path(source.location).stem}-{digest}"
 
 
+def base_model_folder(source: ModelSource, dtype: torch.dtype | str = "float32") -> Path | None:
+    """The local Hugging Face folder holding exactly the weights a run on ``source`` loads in
+    ``dtype``: for a GGUF model its de-quantized cache (it may not exist yet: any load in that
+    dtype writes it), for a model folder the folder itself; None for a hub id."""
+    if source.kind == "gguf":
+        return _gguf_cache_dir(source, torch_dtype(dtype) if isinstance(dtype, str) else dtype)
+    if source.kind == "hf_dir":
+        return Path(source.location)
+    return None
+
+
 def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
     """Drop transformers' GGUF quantizer tag from an already de-quantized model.
 
