@@ -77,9 +77,15 @@ print(json.dumps({"loss": total / tokens}))
 """
 
 
-@pytest.mark.parametrize("method", ["fedit", "ffa_lora", "merge", "lorahub"])
+# Settings a method needs on the tiny model (Fed-SB's default rank is the pool's).
+TINY = {"fed_sb": {"lora_rank": 4, "init_examples": 8}}
+
+
+@pytest.mark.parametrize(
+    "method", ["fedit", "ffa_lora", "merge", "lorahub", "fed_sb", "pool_bridge"]
+)
 def test_lora_exports_load_with_plain_peft_without_smartfed(method, finished_run, tmp_path):
-    config, summary, batches = finished_run(method)
+    config, summary, batches = finished_run(method, **TINY.get(method, {}))
     out = tmp_path / "export"
     assert main(["export", config.output_dir, "--to", str(out)]) == 0
     for name in ("adapter_config.json", "adapter_model.safetensors", "README.md",

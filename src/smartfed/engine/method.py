@@ -212,6 +212,12 @@ class FederatedMethod(ABC):
     def load_final(self, directory: Path) -> None:
         """Load what :meth:`save_final` wrote into this freshly built method."""
 
+    def plain_lora(self) -> tuple[Any, dict[str, torch.Tensor]] | None:
+        """The final model as one standard PEFT LoRA, exactly: ``(peft.LoraConfig, tensors keyed
+        as PEFT saves them)``; None where the update depends on the input (routing) or the
+        model is already a plain PEFT model that saves itself."""
+        return None
+
     def routing_usage(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict | None:
         """Per matrix, the share of routing that goes to each pool module (routing methods)."""
         return None

@@ -114,7 +114,14 @@ def export_run(
     info: dict[str, Any] = {"run_dir": str(run_dir), "method": config.method}
 
     def fill(tmp: Path) -> None:
-        if isinstance(model, LoraHubModel):
+        plain = run.method.plain_lora()
+        if plain is not None:  # the method writes itself as one exact LoRA (Fed-SB, bridge)
+            lora_config, tensors = plain
+            lora_config.base_model_name_or_path = base_ref
+            lora_config.save_pretrained(str(tmp))
+            save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            info["kind"] = "lora"
+        elif isinstance(model, LoraHubModel):
             info["kind"] = "lora"
             info["ranks"] = _write_pool_lora(model, tmp, base_ref)
         elif isinstance(model, (MoreModel, MoleModel)):

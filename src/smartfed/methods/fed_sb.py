@@ -185,11 +185,15 @@ class FedSB(FederatedMethod):
             )
         return state
 
+    def plain_lora(self) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+        return self.model.peft_config[ADAPTER], self._plain_state()
+
     def save_final(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        self.model.peft_config[ADAPTER].save_pretrained(str(directory))
-        save_file(self._plain_state(), str(directory / "adapter_model.safetensors"))
+        config, tensors = self.plain_lora()
+        config.save_pretrained(str(directory))
+        save_file(tensors, str(directory / "adapter_model.safetensors"))
 
     def load_final(self, directory: Path) -> None:
         try:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from smartfed.engine.method import FederatedMethod
@@ -50,3 +51,24 @@ class PoolBridge(FederatedMethod):
 
     def load_final(self, directory: Path) -> None:
         self.model.load_pretrained_state(directory)
+
+    def plain_lora(self) -> tuple[Any, dict[str, torch.Tensor]]:
+        """``B R`` and ``A`` per matrix as one LoRA of rank M (scaling 1): exact, since the
+        mixing does not depend on the token."""
+        from peft import LoraConfig
+
+        tensors: dict[str, torch.Tensor] = {}
+        ranks: dict[str, int] = {}
+        for name, layer in self.model.tuner_layers().items():
+            with torch.no_grad():
+                b = layer.expert_B.float() @ layer.mixing().float()
+            tensors[f"base_model.model.{name}.lora_A.weight"] = layer.expert_A.float().contiguous()
+            tensors[f"base_model.model.{name}.lora_B.weight"] = b.cpu().contiguous()
+            ranks[name] = layer.num_experts
+        rank = max(ranks.values())
+        pattern = {name: r for name, r in ranks.items() if r != rank}
+        config = LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=list(ranks), rank_pattern=pattern,
+            alpha_pattern=dict(pattern), lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        )  # fmt: skip
+        return config, tensors
