@@ -208,21 +208,22 @@ def test_rows_totals_checkpoint_final_and_summary(tmp_path, capsys):
     ), lines[1]
 
 
-def test_resume_drops_rows_newer_than_the_last_checkpoint(tmp_path, monkeypatch):
+def test_a_round_not_committed_leaves_no_row_and_is_replayed(tmp_path, monkeypatch):
     config = _config(tmp_path)
     first = _recorder(config, _Meter([0.1, 0.2, 0.3], total=None))
     with first.measuring_energy():
         first.record_initial_eval(_evaluation(1))
         _play(first, [1, 2])
 
-        def killed(state):  # kill -9 after round 3's metrics row, before its checkpoint
+        def killed(state):  # kill -9 while round 3's checkpoint is being written
             raise KeyboardInterrupt
 
         monkeypatch.setattr(first.run_dir, "save_checkpoint", killed)
         with pytest.raises(KeyboardInterrupt):
             _play(first, [3])
     run = Path(config.output_dir)
-    assert [r["round"] for r in _rows(run)] == [1, 2, 3]
+    # The checkpoint commits a round: no row describes round 3, which was not checkpointed.
+    assert [r["round"] for r in _rows(run)] == [1, 2]
 
     with pytest.raises(ConfigError, match="--resume"):
         load_resume_state(config)
@@ -318,3 +319,26 @@ def test_a_method_without_rounds_is_final_as_it_starts(tmp_path):
     assert summary["final_eval"] == {"round": 0, "eval_loss": 2.0, "eval_ppl": 9.0}
     assert summary["energy_kwh"] == 0.0  # measured zero stays zero
     assert (Path(config.output_dir) / "metrics.jsonl").read_text() == ""
+
+
+def test_a_row_lost_after_its_checkpoint_is_restored_on_resume(tmp_path, monkeypatch):
+    config = _config(tmp_path)
+    first = _recorder(config, _Meter([0.1, 0.2], total=None))
+    with first.measuring_energy():
+        _play(first, [1])
+
+        def killed(rows):  # kill -9 after round 2's checkpoint, before its metrics row
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(first.run_dir, "write_metrics", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _play(first, [2])
+    run = Path(config.output_dir)
+    assert [r["round"] for r in _rows(run)] == [1]
+
+    config = replace(config, resume=True)
+    resumed = load_resume_state(config)
+    assert resumed.round == 2
+    recorder = _recorder(config, _Meter([0.3], total=0.3), resumed)
+    assert [r["round"] for r in _rows(run)] == [1, 2]  # round 2's row, from its checkpoint
+    assert _rows(run)[1]["quotas"] == [2, 2] and recorder.rounds_left == 1
