@@ -24,7 +24,7 @@ from smartfed.engine.config import RunConfig
 from smartfed.engine.method import FederatedMethod
 from smartfed.engine.rundir import RunDirectory
 from smartfed.engine.training import client_seed, seed_everything
-from smartfed.errors import ConfigError
+from smartfed.errors import ConfigError, DamagedFileError, SmartFedError
 from smartfed.methods import build_method
 from smartfed.models import LoadedModel, check_load_in_4bit, load_base_model, resolve_device
 from smartfed.pool import PoolRegistry, load_pool
@@ -238,7 +238,17 @@ def load_finished_run(
         )
     if not run.final.is_dir():
         raise ConfigError(f"--run {run_dir}: no final/ folder yet (the run has not finished)")
-    method.load_final(run.final)
+    try:
+        method.load_final(run.final)
+    except SmartFedError:
+        raise
+    except Exception as exc:  # a missing or damaged file of final/: whatever its reader raises
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DamagedFileError(
+            f"--run {run_dir}: {run.final} is damaged or incomplete ({type(exc).__name__}: "
+            f"{detail}); `smartfed run --resume {run_dir}` writes it again from the last "
+            "checkpoint"
+        ) from None
     method.model.eval()
     description = {
         "kind": "run",

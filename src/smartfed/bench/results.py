@@ -12,25 +12,23 @@ over seeds), so readers of plain benches keep working.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from smartfed.bench.variants import REFERENCE
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+from smartfed.errors import DamagedFileError
+from smartfed.utils.io import read_json, read_jsonl
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """summary.json + metrics.jsonl of one finished run."""
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    return {"summary": _read_json(run_dir / "summary.json"), "rows": rows}
+    """summary.json + metrics.jsonl of one finished run; a missing or damaged one raises a
+    one-line :class:`~smartfed.errors.DamagedFileError` naming the file."""
+    path = run_dir / "metrics.jsonl"
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row.get("round"), int):
+            raise DamagedFileError(f"{path}: row {number} is damaged (no round number)")
+    return {"summary": read_json(run_dir / "summary.json"), "rows": rows}
 
 
 def loss_curve(run: dict[str, Any]) -> list[tuple[int, float]]:

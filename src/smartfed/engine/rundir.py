@@ -225,7 +225,7 @@ class RunDirectory:
             what = "a file" if self.path.exists() else "no such folder"
             raise ConfigError(f"{flag} {self.path}: {what}; expected a SmartFed run directory")
         try:
-            return json.loads(self.config_path.read_text(encoding="utf-8"))
+            saved = json.loads(self.config_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(
                 f"{flag} {self.path}: no config.json there (not a SmartFed run directory)"
@@ -234,8 +234,13 @@ class RunDirectory:
             raise ConfigError(
                 f"{flag} {self.path}: cannot read config.json: {exc.strerror or exc}"
             ) from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{self.config_path} is not valid JSON: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DamagedFileError(
+                f"{self.config_path} is damaged (not valid JSON: {exc})"
+            ) from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("method"), str):
+            raise DamagedFileError(f"{self.config_path} is damaged (it names no method)")
+        return saved
 
     # ------------------------------------------------------------------ metrics
     def read_metrics(self) -> list[dict[str, Any]]:
