@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load, save
+from safetensors.torch import load, load_file, save
 
 from smartfed.errors import ConfigError, DamagedFileError, RunDirectoryBusy
 from smartfed.utils.io import (
@@ -57,6 +57,7 @@ GLOBAL_STATE_NAME = "global_state.safetensors"
 STATE_NAME = "state.json"
 CHECKSUMS_NAME = "checksums.json"
 LOCK_NAME = "run.lock"
+DP_KEY = "dp_key.json"  # central DP's secret noise key (engine/privacy.py)
 # What a run writes in its directory: --overwrite deletes these (and their temporary files).
 RUN_FILES = (
     "config.json", "partitions.json", "metrics.jsonl", "checkpoints", "final",
@@ -68,6 +69,7 @@ RUN_FILES = (
 # file even within one process, and this names the cause.
 _HELD: set[Path] = set()
 _HELD_GUARD = threading.Lock()
+_SAID: set[str] = set()  # fallbacks already reported by this process
 
 
 @dataclass
@@ -178,16 +180,18 @@ class RunDirectory:
         return fd
 
     def leftover_files(self) -> list[str]:
-        """What the folder holds besides its lock file (sorted names)."""
+        """What the folder holds that a new run would not expect there (sorted names): all but
+        its lock file and a DP noise key placed before the run (``--dp_noise_multiplier``)."""
         if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
+        return sorted(p.name for p in self.path.iterdir() if p.name not in (LOCK_NAME, DP_KEY))
 
     def remove_run_files(self) -> list[str]:
         """Delete a previous run's files (:data:`RUN_FILES` and their temporary files); other
         files stay. Returns the names deleted."""
         removed = []
-        for name in self.leftover_files():
+        present = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+        for name in present:
             base = name.lstrip(".")
             if name in RUN_FILES or any(base.startswith(f + ".") for f in RUN_FILES):
                 target = self.path / name
@@ -263,6 +267,9 @@ class RunDirectory:
                 "totals": state.totals,
                 "rng": state.rng,
                 "row": state.row,
+                # The state's own order: safetensors keeps another, and what iterates over the
+                # state (DP noise draws, tensor by tensor) must see the order a live run sees.
+                "keys": list(state.global_state),
             },
             indent=1,
         ).encode("utf-8")
@@ -299,13 +306,10 @@ class RunDirectory:
             except DamagedFileError as exc:
                 damage.append(str(exc))
                 continue
-            if damage:
-                log.warning(
-                    "%s: resuming from round %d instead: %s",
-                    self.path,
-                    state.round,
-                    "; ".join(damage),
-                )
+            said = f"{self.path}: resuming from round {state.round} instead: {'; '.join(damage)}"
+            if damage and said not in _SAID:  # once, also where a run is checked twice
+                _SAID.add(said)
+                log.warning("%s", said)
             return state
         if damage:
             raise DamagedFileError(
@@ -347,6 +351,13 @@ def read_checkpoint(folder: Path) -> ServerState:
     try:
         meta = json.loads(blobs[STATE_NAME])
         global_state = load(blobs[GLOBAL_STATE_NAME])
+        order = meta.get("keys")
+        if order is not None:
+            if sorted(order) != sorted(global_state):
+                raise ValueError(f"its tensors are not those {STATE_NAME} lists")
+            global_state = {key: global_state[key] for key in order}
+        else:  # written before the order was kept: load_file's order, as resumes had then
+            global_state = load_file(str(folder / GLOBAL_STATE_NAME))
         state = ServerState(
             round=int(meta["round"]),
             global_state=global_state,
