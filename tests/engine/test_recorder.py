@@ -16,7 +16,7 @@ from smartfed.engine.config import RunConfig
 from smartfed.engine.method import FederatedMethod, ServerLogic
 from smartfed.engine.recorder import RoundReport, RunRecorder, load_resume_state
 from smartfed.engine.rundir import RunDirectory
-from smartfed.errors import ConfigError
+from smartfed.errors import ConfigError, DamagedFileError
 
 
 class _Pool:
@@ -342,3 +342,44 @@ def test_a_row_lost_after_its_checkpoint_is_restored_on_resume(tmp_path, monkeyp
     recorder = _recorder(config, _Meter([0.3], total=0.3), resumed)
     assert [r["round"] for r in _rows(run)] == [1, 2]  # round 2's row, from its checkpoint
     assert _rows(run)[1]["quotas"] == [2, 2] and recorder.rounds_left == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty_state", "missing", "bad_checksums"])
+def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, caplog, damage):
+    config = _config(tmp_path)
+    recorder = _recorder(config, _Meter([0.1, 0.2], total=None))
+    with recorder.measuring_energy():
+        _play(recorder, [1, 2])
+    newest = RunDirectory(config.output_dir).checkpoints / "round_0002"
+    if damage == "truncated":
+        path = newest / "global_state.safetensors"
+        path.write_bytes(path.read_bytes()[:-3])
+    elif damage == "empty_state":
+        (newest / "state.json").write_text("{}")
+    elif damage == "missing":
+        (newest / "state.json").unlink()
+    else:
+        (newest / "checksums.json").write_text("{")
+
+    resumed = load_resume_state(replace(config, resume=True))
+    assert resumed.round == 1 and resumed.server_logic == {"k": 2}
+    assert [r["round"] for r in resumed.metrics] == [1]
+    torch.testing.assert_close(resumed.global_state["weight"], _state(1)["weight"])
+    said = [r.getMessage() for r in caplog.records if "resuming from round 1" in r.getMessage()]
+    assert len(said) == 1 and str(newest) in said[0]
+
+    # Every checkpoint damaged: one line, and nothing is continued from scratch silently.
+    (RunDirectory(config.output_dir).checkpoints / "round_0001" / "state.json").write_text("{}")
+    with pytest.raises(DamagedFileError, match=r"no intact checkpoint in .*--overwrite"):
+        load_resume_state(replace(config, resume=True))
+
+
+def test_a_checkpoint_keeps_the_order_of_the_global_state(tmp_path):
+    from smartfed.engine.rundir import ServerState
+
+    run_dir = RunDirectory(tmp_path / "run")
+    state = {name: torch.full((2,), float(i)) for i, name in enumerate(["z", "b.y", "a", "b.x"])}
+    run_dir.save_checkpoint(ServerState(round=1, global_state=state, server_logic={}))
+    assert list(run_dir.latest_checkpoint().global_state) == ["z", "b.y", "a", "b.x"]
+    checksums = json.loads((run_dir.checkpoints / "round_0001" / "checksums.json").read_text())
+    assert set(checksums) == {"global_state.safetensors", "state.json"}

@@ -29,7 +29,7 @@ def test_a_row_becomes_scalars_and_histograms():
     assert histograms == {"quotas": [1, 2, 6], "importance": [0.25, 0.75]}
 
 
-def test_a_resumed_run_shows_every_round_once(tmp_path, monkeypatch):
+def test_a_resumed_run_shows_every_round_once(tmp_path):
     config = _config(tmp_path, report_to="tensorboard", eval_every=1)
     first = _recorder(config, _Meter([0.1, 0.2, 0.3], total=None))
 
