@@ -75,8 +75,9 @@ def load_resume_state(config: RunConfig) -> ServerState | None:
     Reads only, and checks everything a resume reads before anything is rewritten: the
     checkpoints (their checksums; a damaged newest one is passed over for the newest intact
     one, with one logged line) and metrics.jsonl. A new run (no ``--resume``) is refused in a
-    folder that holds anything but its lock, unless ``--overwrite`` is given; ``--resume`` is
-    the only way to continue a run. The returned state's ``metrics`` are the rows to keep.
+    folder that holds anything but its lock (or a DP key placed for it), unless ``--overwrite``
+    is given; ``--resume`` is the only way to continue a run. The returned state's ``metrics``
+    are the rows to keep.
     """
     run_dir = RunDirectory(config.output_dir)
     if not config.resume:
@@ -99,15 +100,7 @@ def load_resume_state(config: RunConfig) -> ServerState | None:
         return None
     kept = [r for r in rows if _round_of(r) < state.round]
     own = state.row or next((r for r in rows if _round_of(r) == state.round), None)
-    state.metrics = kept + ([own] if own is not None else [])
-    later = [r for r in rows if _round_of(r) > state.round]
-    if later:
-        log.info(
-            "%s: round %d was not committed: continuing from round %d",
-            run_dir.path,
-            _round_of(later[0]),
-            state.round,
-        )
+    state.metrics = kept + ([own] if own is not None else [])  # later rows: not committed
     if state.round >= config.num_rounds:
         log.info("run in %s is already complete (%d rounds)", run_dir.path, state.round)
     return state

@@ -192,8 +192,9 @@ class RunDirectory:
         removed = []
         present = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
         for name in present:
-            base = name.lstrip(".")
-            if name in RUN_FILES or any(base.startswith(f + ".") for f in RUN_FILES):
+            # A temporary file of the atomic writes: ".<name>.<random>" (hidden, never a user's).
+            temporary = name.startswith(".") and any(name.startswith(f".{f}.") for f in RUN_FILES)
+            if name in RUN_FILES or temporary:
                 target = self.path / name
                 with storage_errors(target):
                     if target.is_dir() and not target.is_symlink():
@@ -367,8 +368,9 @@ def read_checkpoint(folder: Path) -> ServerState:
             row=meta.get("row"),
         )
     except Exception as exc:  # whatever a damaged file makes json or safetensors raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise DamagedFileError(
-            f"checkpoint {folder} is damaged ({type(exc).__name__}: {exc})"
+            f"checkpoint {folder} is damaged ({type(exc).__name__}: {detail})"
         ) from None
     if folder.name != f"round_{state.round:04d}":
         raise DamagedFileError(f"checkpoint {folder} is damaged (it says round {state.round})")
