@@ -136,6 +136,7 @@ def test_a_new_run_in_a_used_directory_needs_overwrite(tiny_run_config, capsys):
     run = Path(config.output_dir)
     run_federated(config)
     (run / "notes.txt").write_text("mine")
+    (run / "final.txt").write_text("mine too")  # named like a run file, but not one
     before = _files(run)
 
     capsys.readouterr()
@@ -153,7 +154,8 @@ def test_a_new_run_in_a_used_directory_needs_overwrite(tiny_run_config, capsys):
 
     assert main(_argv(config, run, "--overwrite")) == 0, capsys.readouterr().err
     assert _rounds(run) == [1]
-    assert (run / "notes.txt").read_text() == "mine"  # not a run file: kept
+    assert (run / "notes.txt").read_text() == "mine"  # not run files: kept
+    assert (run / "final.txt").read_text() == "mine too"
     assert json.loads((run / "config.json").read_text())["overwrite"] is True
     assert main(["run", "--resume", str(run), "--overwrite"]) == 1  # a resume overwrites nothing
 
