@@ -22,3 +22,15 @@ class ModelLoadError(SmartFedError):
 
 class PoolError(SmartFedError):
     """A LoRA pool module or manifest is missing, unreadable or incompatible."""
+
+
+class StorageError(SmartFedError):
+    """The storage refused a write (no space, no permission, read-only file system)."""
+
+
+class DamagedFileError(SmartFedError):
+    """A file SmartFed wrote earlier (a run's files) is missing, unreadable or damaged."""
+
+
+class RunDirectoryBusy(SmartFedError):
+    """Another process is writing the run directory."""

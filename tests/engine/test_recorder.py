@@ -16,7 +16,7 @@ from smartfed.engine.config import RunConfig
 from smartfed.engine.method import FederatedMethod, ServerLogic
 from smartfed.engine.recorder import RoundReport, RunRecorder, load_resume_state
 from smartfed.engine.rundir import RunDirectory
-from smartfed.errors import ConfigError
+from smartfed.errors import ConfigError, DamagedFileError
 
 
 class _Pool:
@@ -208,21 +208,22 @@ def test_rows_totals_checkpoint_final_and_summary(tmp_path, capsys):
     ), lines[1]
 
 
-def test_resume_drops_rows_newer_than_the_last_checkpoint(tmp_path, monkeypatch):
+def test_a_round_not_committed_leaves_no_row_and_is_replayed(tmp_path, monkeypatch):
     config = _config(tmp_path)
     first = _recorder(config, _Meter([0.1, 0.2, 0.3], total=None))
     with first.measuring_energy():
         first.record_initial_eval(_evaluation(1))
         _play(first, [1, 2])
 
-        def killed(state):  # kill -9 after round 3's metrics row, before its checkpoint
+        def killed(state):  # kill -9 while round 3's checkpoint is being written
             raise KeyboardInterrupt
 
         monkeypatch.setattr(first.run_dir, "save_checkpoint", killed)
         with pytest.raises(KeyboardInterrupt):
             _play(first, [3])
     run = Path(config.output_dir)
-    assert [r["round"] for r in _rows(run)] == [1, 2, 3]
+    # The checkpoint commits a round: no row describes round 3, which was not checkpointed.
+    assert [r["round"] for r in _rows(run)] == [1, 2]
 
     with pytest.raises(ConfigError, match="--resume"):
         load_resume_state(config)
@@ -318,3 +319,67 @@ def test_a_method_without_rounds_is_final_as_it_starts(tmp_path):
     assert summary["final_eval"] == {"round": 0, "eval_loss": 2.0, "eval_ppl": 9.0}
     assert summary["energy_kwh"] == 0.0  # measured zero stays zero
     assert (Path(config.output_dir) / "metrics.jsonl").read_text() == ""
+
+
+def test_a_row_lost_after_its_checkpoint_is_restored_on_resume(tmp_path, monkeypatch):
+    config = _config(tmp_path)
+    first = _recorder(config, _Meter([0.1, 0.2], total=None))
+    with first.measuring_energy():
+        _play(first, [1])
+
+        def killed(rows):  # kill -9 after round 2's checkpoint, before its metrics row
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(first.run_dir, "write_metrics", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _play(first, [2])
+    run = Path(config.output_dir)
+    assert [r["round"] for r in _rows(run)] == [1]
+
+    config = replace(config, resume=True)
+    resumed = load_resume_state(config)
+    assert resumed.round == 2
+    recorder = _recorder(config, _Meter([0.3], total=0.3), resumed)
+    assert [r["round"] for r in _rows(run)] == [1, 2]  # round 2's row, from its checkpoint
+    assert _rows(run)[1]["quotas"] == [2, 2] and recorder.rounds_left == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty_state", "missing", "bad_checksums"])
+def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, caplog, damage):
+    config = _config(tmp_path)
+    recorder = _recorder(config, _Meter([0.1, 0.2], total=None))
+    with recorder.measuring_energy():
+        _play(recorder, [1, 2])
+    newest = RunDirectory(config.output_dir).checkpoints / "round_0002"
+    if damage == "truncated":
+        path = newest / "global_state.safetensors"
+        path.write_bytes(path.read_bytes()[:-3])
+    elif damage == "empty_state":
+        (newest / "state.json").write_text("{}")
+    elif damage == "missing":
+        (newest / "state.json").unlink()
+    else:
+        (newest / "checksums.json").write_text("{")
+
+    resumed = load_resume_state(replace(config, resume=True))
+    assert resumed.round == 1 and resumed.server_logic == {"k": 2}
+    assert [r["round"] for r in resumed.metrics] == [1]
+    torch.testing.assert_close(resumed.global_state["weight"], _state(1)["weight"])
+    said = [r.getMessage() for r in caplog.records if "resuming from round 1" in r.getMessage()]
+    assert len(said) == 1 and str(newest) in said[0]
+
+    # Every checkpoint damaged: one line, and nothing is continued from scratch silently.
+    (RunDirectory(config.output_dir).checkpoints / "round_0001" / "state.json").write_text("{}")
+    with pytest.raises(DamagedFileError, match=r"no intact checkpoint in .*--overwrite"):
+        load_resume_state(replace(config, resume=True))
+
+
+def test_a_checkpoint_keeps_the_order_of_the_global_state(tmp_path):
+    from smartfed.engine.rundir import ServerState
+
+    run_dir = RunDirectory(tmp_path / "run")
+    state = {name: torch.full((2,), float(i)) for i, name in enumerate(["z", "b.y", "a", "b.x"])}
+    run_dir.save_checkpoint(ServerState(round=1, global_state=state, server_logic={}))
+    assert list(run_dir.latest_checkpoint().global_state) == ["z", "b.y", "a", "b.x"]
+    checksums = json.loads((run_dir.checkpoints / "round_0001" / "checksums.json").read_text())
+    assert set(checksums) == {"global_state.safetensors", "state.json"}

@@ -29,20 +29,22 @@ def test_a_row_becomes_scalars_and_histograms():
     assert histograms == {"quotas": [1, 2, 6], "importance": [0.25, 0.75]}
 
 
-def test_a_resumed_run_shows_every_round_once(tmp_path, monkeypatch):
+def test_a_resumed_run_shows_every_round_once(tmp_path):
     config = _config(tmp_path, report_to="tensorboard", eval_every=1)
     first = _recorder(config, _Meter([0.1, 0.2, 0.3], total=None))
 
-    def killed(state):  # kill after round 3's row (and dashboard step), before its checkpoint
+    def killed(_):  # killed after round 3 was committed and shown, before the summary
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt), first.measuring_energy():
         first.record_initial_eval(_evaluation(1))
-        _play(first, [1, 2])
-        monkeypatch.setattr(first.run_dir, "save_checkpoint", killed)
-        _play(first, [3])
+        _play(first, [1, 2, 3])
+        killed(None)
     log_dir = tmp_path / "run" / "tensorboard"
     assert [step for step, _ in read_scalars(log_dir)["loss/eval"]] == [0, 1, 2, 3]
+    # Round 3's checkpoint is then damaged: the resume falls back to round 2.
+    damaged = tmp_path / "run" / "checkpoints" / "round_0003" / "global_state.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:20])
 
     config = replace(config, resume=True)
     resumed = _recorder(config, _Meter([0.3], total=0.3), load_resume_state(config))

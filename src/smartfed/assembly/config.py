@@ -246,6 +246,8 @@ def config_from_dict(data: dict[str, Any], *, source: str) -> RunConfig:
         return _from_format_1(data, source)
     data.pop("config_format", None)
     block = data.pop("method_settings") or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{source}: method_settings is damaged (not a table)")
     method = data.get("method", RunConfig.method)
     settings_class = get_method(method).settings_class
     shared = {k: coerce(RunConfig.field_named(k), v, source) for k, v in data.items()

@@ -25,7 +25,7 @@ from smartfed.engine.config import RunConfig
 from smartfed.engine.method import FederatedMethod
 from smartfed.engine.rundir import RunDirectory
 from smartfed.engine.training import client_seed, seed_everything
-from smartfed.errors import ConfigError
+from smartfed.errors import ConfigError, DamagedFileError, SmartFedError
 from smartfed.methods import build_method
 from smartfed.models import (
     LoadedModel,
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 # Settings that cannot change what a runtime holds (model, pool, data, batches). Every other
 # setting keys the cache, so a new setting is safe by default: at worst a needless rebuild.
 _NOT_RUNTIME_KEYS = frozenset(
-    {"num_rounds", "output_dir", "resume", "preset", "engine", "energy_country", "eval_every",
-     "metric_samples", "client_cpus", "client_gpus", "report_to",
+    {"num_rounds", "output_dir", "resume", "overwrite", "preset", "engine", "energy_country",
+     "eval_every", "metric_samples", "client_cpus", "client_gpus", "report_to",
      # server-side aggregation only (the strategy and the method's server logic read them)
      "aggregation", "trim_fraction", "krum_byzantine", "clip_update_norm"}
 )  # fmt: skip
@@ -330,7 +330,17 @@ def load_finished_run(
         )
     if not run.final.is_dir():
         raise ConfigError(f"--run {run_dir}: no final/ folder yet (the run has not finished)")
-    method.load_final(run.final)
+    try:
+        method.load_final(run.final)
+    except SmartFedError:
+        raise
+    except Exception as exc:  # a missing or damaged file of final/: whatever its reader raises
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DamagedFileError(
+            f"--run {run_dir}: {run.final} is damaged or incomplete ({type(exc).__name__}: "
+            f"{detail}); `smartfed run --resume {run_dir}` writes it again from the last "
+            "checkpoint"
+        ) from None
     method.model.eval()
     description = {
         "kind": "run",

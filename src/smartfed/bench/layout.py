@@ -15,6 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from smartfed.errors import DamagedFileError
+from smartfed.utils.io import read_json, read_jsonl
+
 TUNE_DIR = "tune"
 
 
@@ -57,14 +60,14 @@ def finished_runs(bench_dir: Path, label: str, seeds: list[int] | None) -> list[
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """summary.json + metrics.jsonl of one finished run."""
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    return {"summary": summary, "rows": rows}
+    """summary.json + metrics.jsonl of one finished run; a missing or damaged one raises a
+    one-line :class:`~smartfed.errors.DamagedFileError` naming the file."""
+    path = run_dir / "metrics.jsonl"
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row.get("round"), int):
+            raise DamagedFileError(f"{path}: row {number} is damaged (no round number)")
+    return {"summary": read_json(run_dir / "summary.json"), "rows": rows}
 
 
 _FINAL_KEYS = {"eval_loss": "final_eval", "target_loss": "final_target"}

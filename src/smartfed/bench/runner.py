@@ -15,7 +15,6 @@ see :mod:`smartfed.bench.sweep`. bench.json then also records the sweep and the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,11 @@ from smartfed.bench.results import bench_results, results_markdown, seeded_resul
 from smartfed.bench.sweep import Sweep, check_sweep, choose, untuned_reason
 from smartfed.bench.variants import BenchEntry
 from smartfed.engine.config import RESUMABLE_HARDWARE, RunConfig
-from smartfed.errors import ConfigError
-from smartfed.utils.io import write_json_atomic, write_text_atomic
+from smartfed.errors import ConfigError, DamagedFileError, StorageError
+from smartfed.utils.io import read_json, write_json_atomic, write_text_atomic
 
 # Settings that are per entry or bookkeeping, not part of what all entries must share.
-_PER_ENTRY = {"method", "output_dir", "resume", "preset"}
+_PER_ENTRY = {"method", "output_dir", "resume", "overwrite", "preset"}
 
 
 def shared_settings(config: RunConfig) -> dict[str, Any]:
@@ -40,10 +39,7 @@ def shared_settings(config: RunConfig) -> dict[str, Any]:
 def _check_same_bench(path: Path, record: dict[str, Any]) -> None:
     if not path.is_file():
         return
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    saved = read_json(path)
     for key, flag in (("sweep", "--sweep"), ("seeds", "--seeds")):
         if not _extends(key, saved.get(key), record.get(key)):
             raise ConfigError(
@@ -53,7 +49,10 @@ def _check_same_bench(path: Path, record: dict[str, Any]) -> None:
             )
     # A setting missing on one side (a bench written before it existed) counts as its default.
     defaults = RunConfig.defaults()
-    there = {**defaults, **saved.get("settings", {})}
+    settings = saved.get("settings", {})
+    if not isinstance(settings, dict):
+        raise DamagedFileError(f"{path} is damaged (settings is not a table)")
+    there = {**defaults, **settings}
     now = {**defaults, **record["settings"]}
     # Hardware settings (--device) may change when a bench is continued, as for a run.
     differing = sorted(
@@ -102,8 +101,6 @@ def run_bench(
     ``values`` are the bench's settings; each entry's config takes the method settings its
     method declares (:meth:`SettingValues.config_for`), then the entry's own overrides. With
     ``sweep`` or ``seeds`` see :func:`run_sweep_bench`."""
-    from smartfed.federation.runner import run_federated
-
     bench_dir = Path(bench_dir)
     values.check_declared_by([e.method for e in entries])
     base = values.config_for(entries[0].method, strict=False)
@@ -126,12 +123,12 @@ def run_bench(
         if is_finished(run_dir):
             print(f"[{number}/{len(entries)}] {entry.label}: done, skipped", flush=True)
             continue
-        resume = (run_dir / "checkpoints").is_dir()
+        resume = _started(run_dir)
         overrides = {**entry.overrides, "output_dir": str(run_dir), "resume": resume}
         config = values.config_for(entry.method, overrides, strict=False)
         verb = "resuming" if resume else "running"
         print(f"[{number}/{len(entries)}] {entry.label}: {verb} ({entry.description})", flush=True)
-        run_federated(config)
+        _federate(config)
     runs = {e.label: read_run(entry_run_dir(bench_dir, e.label)) for e in entries}
     results = bench_results(base.task, command, runs, record["settings"])
     write_json_atomic(bench_dir / "results.json", results)
@@ -141,16 +138,34 @@ def run_bench(
 
 def _run(config: RunConfig, run_dir: Path, name: str, description: str) -> None:
     """One run into ``run_dir``: skipped when finished, resumed when interrupted."""
-    from smartfed.federation.runner import run_federated
-
     _check_same_run(run_dir, config)
     if is_finished(run_dir):
         print(f"{name}: done, skipped", flush=True)
         return
-    resume = (run_dir / "checkpoints").is_dir()
+    resume = _started(run_dir)
     config.resume = resume
     print(f"{name}: {'resuming' if resume else 'running'} ({description})", flush=True)
-    run_federated(config)
+    _federate(config)
+
+
+def _started(run_dir: Path) -> bool:
+    """Whether an interrupted run is there to continue (it wrote config.json; a run that
+    committed no round yet starts again from round 1 under --resume)."""
+    return (run_dir / "config.json").is_file()
+
+
+def _federate(config: RunConfig) -> None:
+    from smartfed.federation.runner import run_federated
+
+    try:
+        run_federated(config)
+    except StorageError as exc:
+        # The run's own hint names `smartfed run --resume`; a bench continues by itself.
+        cause = exc.__cause__ if isinstance(exc.__cause__, StorageError) else exc
+        raise StorageError(
+            f"{cause}; once fixed, rerun the same smartfed bench command: it continues from "
+            "the last committed round"
+        ) from None
 
 
 def _check_same_run(run_dir: Path, config: RunConfig) -> None:
@@ -159,10 +174,12 @@ def _check_same_run(run_dir: Path, config: RunConfig) -> None:
     path = run_dir / "config.json"
     if not path.is_file():
         return
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved = read_json(path).get("method_settings")
+    if not isinstance(saved, dict):
+        raise DamagedFileError(f"{path} is damaged (no method_settings)")
     planned = config.to_dict()
-    for key in sorted(set(saved["method_settings"]) | set(planned["method_settings"])):
-        there, now = saved["method_settings"].get(key), planned["method_settings"].get(key)
+    for key in sorted(set(saved) | set(planned["method_settings"])):
+        there, now = saved.get(key), planned["method_settings"].get(key)
         if there != now:
             raise ConfigError(
                 f"{run_dir} was run with {key}={there!r}, this bench now plans {key}={now!r}; "

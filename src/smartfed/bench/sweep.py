@@ -35,7 +35,7 @@ from smartfed.methods.registry import get_method
 # Settings a sweep may not vary: the bench's bookkeeping, the seed (that is --seeds), and what
 # defines the validation loss itself (a choice across different validation sets means nothing).
 NOT_SWEEPABLE = frozenset(
-    {"method", "output_dir", "resume", "preset", "seed", "eval_split", "eval_samples",
+    {"method", "output_dir", "resume", "overwrite", "preset", "seed", "eval_split", "eval_samples",
      "task", "data_dir", "engine", "energy_country", "metric_samples"}
 )  # fmt: skip
 

@@ -85,6 +85,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.resume:
         raise ConfigError("smartfed bench resumes by itself: rerun the same command instead")
+    if args.overwrite:
+        raise ConfigError(
+            "smartfed bench resumes its runs by itself and never overwrites them: to start a "
+            "bench over, delete its --output_dir folder or choose another one"
+        )
     if args.method:
         raise ConfigError("smartfed bench takes --methods (a list), not --method")
     names = [m.strip() for m in (args.methods or ",".join(default_methods())).split(",")]

@@ -54,7 +54,12 @@ def _add_flag(parser: argparse.ArgumentParser, item: Field, owners: list[str] | 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="smoke | demo | paper")
     parser.add_argument("--config", metavar="FILE.toml", help="settings file (flags override it)")
-    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR after a crash")
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last committed round (after a crash, a kill or "
+        "a full disk); the only way to continue a run",
+    )
     index = method_settings_index()
     shared = parser.add_argument_group("shared settings")
     method = parser.add_argument_group(
@@ -116,7 +121,7 @@ def resume_config(run_dir: str, hardware: dict[str, object] | None = None) -> Ru
             f"{saved.get('smartfed_version', '0.1')} (config format 1) and cannot be continued "
             "by this version; `smartfed report` and `smartfed eval --run` still read it"
         )
-    saved.update(output_dir=run_dir, resume=True, **(hardware or {}))
+    saved.update(output_dir=run_dir, resume=True, overwrite=False, **(hardware or {}))
     return config_from_dict(saved, source=f"{run_dir}/config.json")
 
 

@@ -244,6 +244,13 @@ class RunConfig(Settings):
     energy_country: str = setting("USA", "ISO code for CodeCarbon's offline carbon intensity")
     preset: str | None = setting(None, "the preset these settings started from")
     resume: bool = setting(False, "continue the run in output_dir from its last complete round")
+    overwrite: bool = setting(
+        False,
+        "start a new run in an output_dir that is not empty: first deletes the previous run's "
+        "files there (config.json, partitions.json, metrics.jsonl, checkpoints/, final/, "
+        "final_metric.json, usage.json, summary.json, dp_key.json, tensorboard/, wandb/); "
+        "other files are kept. Without it such a folder is refused",
+    )
     # the chosen method's own settings (not a flag itself: its fields are)
     settings: MethodSettings = field(default_factory=MethodSettings)
 

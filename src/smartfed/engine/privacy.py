@@ -58,7 +58,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from smartfed.engine.rundir import DP_KEY
 from smartfed.errors import ConfigError, SmartFedError
+from smartfed.utils.io import storage_errors
 
 if TYPE_CHECKING:
     from smartfed.engine.config import RunConfig
@@ -71,7 +73,7 @@ DEFAULT_DELTA = 1e-5
 # tests recompute. Sampling without replacement costs O(α²) per order up to 256, so the orders
 # thin out above 64.
 RDP_ORDERS = (*range(2, 65), 80, 96, 128, 192, 256, 512, 1024)
-KEY_FILE = "dp_key.json"
+KEY_FILE = DP_KEY  # the run directory's name for it
 # What summary.json says ε covers; the module docstring has the details.
 COVERAGE = (
     "epsilon covers the arrays the server releases (each round's global state and final/) "
@@ -213,12 +215,16 @@ def load_or_create_key(run_dir: str | os.PathLike[str]) -> int:
                 f"{path} is unreadable ({exc}); it holds the run's DP noise key"
             ) from None
     key = secrets.randbits(128)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=path.parent)  # mode 0600
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=path.parent)  # mode 0600
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump({"key": f"{key:032x}"}, out)
-        os.replace(tmp, path)
+        with storage_errors(path):
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump({"key": f"{key:032x}"}, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

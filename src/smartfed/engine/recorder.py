@@ -3,7 +3,7 @@
 The ServerApp runs the rounds; a :class:`RunRecorder` writes down what they did, in the run
 directory (:mod:`smartfed.engine.rundir`). Typical use, as in ``run_server``::
 
-    resumed = load_resume_state(config)       # None for a new run; refuses to overwrite one
+    resumed = start_run(config)               # under RunDirectory.lock(); None for a new run
     recorder = RunRecorder(config, method, resumed, model_name=..., partitions=...)
     with recorder.measuring_energy():
         recorder.record_initial_eval(...)     # round 0, once per run
@@ -11,10 +11,12 @@ directory (:mod:`smartfed.engine.rundir`). Typical use, as in ``run_server``::
             recorder.record_round(report, global_state, evaluation)
     summary = recorder.finish(final_state, ...)  # final/, usage.json, summary.json
 
-Crash safety: a round's metrics row is written before the checkpoint that makes it official,
-and a resumed run drops every row newer than its last checkpoint (a round that did not finish
-is replayed in full). Energy that could not be measured is ``None``, never 0: once one reading
-is missing, the run's total is unknown.
+Crash safety: a round is committed by its checkpoint (which also holds the round's metrics
+row), and only then is the row appended to metrics.jsonl; a resumed run drops every row newer
+than its checkpoint (a round that was not committed is replayed in full) and restores the
+checkpoint's own row if a crash lost it. Nothing is rewritten before a resume's checks pass.
+Energy that could not be measured is ``None``, never 0: once one reading is missing, the run's
+total is unknown.
 
 No Flower here: the strategy hands over one :class:`RoundReport` per finished round.
 """
@@ -34,7 +36,7 @@ from smartfed import __version__
 from smartfed.data.tasks import get_task
 from smartfed.engine.privacy import CentralPrivacy
 from smartfed.engine.rundir import RunDirectory, ServerState
-from smartfed.errors import ConfigError
+from smartfed.errors import ConfigError, SmartFedError
 from smartfed.models import dtype_name, model_device, model_dtype
 from smartfed.telemetry import EnergyMeter
 from smartfed.telemetry.reporting import MetricsReporter, open_reporter
@@ -69,20 +71,63 @@ class RoundReport:
 
 
 def load_resume_state(config: RunConfig) -> ServerState | None:
-    """The last complete checkpoint in ``config.output_dir``, or None for a new run.
+    """The newest intact checkpoint in ``config.output_dir``, or None for a new run.
 
-    A run directory that already holds a run is continued only with ``--resume``.
+    Reads only, and checks everything a resume reads before anything is rewritten: the
+    checkpoints (their checksums; a damaged newest one is passed over for the newest intact
+    one, with one logged line) and metrics.jsonl. A new run (no ``--resume``) is refused in a
+    folder that holds anything but its lock (or a DP key placed for it), unless ``--overwrite``
+    is given; ``--resume`` is the only way to continue a run. The returned state's ``metrics``
+    are the rows to keep.
     """
     run_dir = RunDirectory(config.output_dir)
+    if not config.resume:
+        leftover = run_dir.leftover_files()
+        if leftover and not config.overwrite:
+            state = _checkpoint_or_none(run_dir)
+            held = f"a run (checkpoint of round {state.round})" if state else "files"
+            shown = ", ".join(leftover[:4]) + (", ..." if len(leftover) > 4 else "")
+            raise ConfigError(
+                f"{run_dir.path} already holds {held} ({shown}); continue it with --resume "
+                f"{run_dir.path}, give --overwrite to delete its run files first, or choose "
+                "another --output_dir"
+            )
+        return None
     state = run_dir.latest_checkpoint()
-    if state is not None and not config.resume:
-        raise ConfigError(
-            f"{run_dir.path} already holds a run (checkpoint of round {state.round}); continue "
-            f"it with --resume {run_dir.path} or choose another --output_dir"
-        )
-    if state is not None and state.round >= config.num_rounds:
+    rows = run_dir.read_metrics()  # a damaged metrics.jsonl is refused before any write
+    if state is None:
+        if rows:
+            log.info("%s: no checkpoint yet: the run starts again from round 1", run_dir.path)
+        return None
+    kept = [r for r in rows if _round_of(r) < state.round]
+    own = state.row or next((r for r in rows if _round_of(r) == state.round), None)
+    state.metrics = kept + ([own] if own is not None else [])  # later rows: not committed
+    if state.round >= config.num_rounds:
         log.info("run in %s is already complete (%d rounds)", run_dir.path, state.round)
     return state
+
+
+def start_run(config: RunConfig) -> ServerState | None:
+    """:func:`load_resume_state`, then, for a new run with ``--overwrite``, delete the previous
+    run's files. Call it while holding the run directory's lock (:meth:`RunDirectory.lock`)."""
+    resumed = load_resume_state(config)
+    if not config.resume and config.overwrite:
+        removed = RunDirectory(config.output_dir).remove_run_files()
+        if removed:
+            log.info("--overwrite: deleted %s from %s", ", ".join(removed), config.output_dir)
+    return resumed
+
+
+def _checkpoint_or_none(run_dir: RunDirectory) -> ServerState | None:
+    try:
+        return run_dir.latest_checkpoint()
+    except SmartFedError:
+        return None
+
+
+def _round_of(row: dict[str, Any]) -> int:
+    value = row.get("round", 0)
+    return value if isinstance(value, int) else 0
 
 
 class RunRecorder:
@@ -120,18 +165,22 @@ class RunRecorder:
         self.run_dir = RunDirectory(config.output_dir)
         self.resumed = resumed is not None
         self.rounds_done = resumed.round if resumed else 0
-        self._write_setup(partitions)
-        # Central DP (or None), with the run's secret noise key from (or into) the run directory.
-        self.privacy = CentralPrivacy.from_config(config, key_dir=self.run_dir.path)
-        # Metrics rows past the last complete checkpoint belong to a round that did not finish.
-        self.rows = [
-            r for r in self.run_dir.read_metrics() if r.get("round", 0) <= self.rounds_done
-        ]
-        self.run_dir.write_metrics(self.rows)
         self.totals: dict[str, Any] = dict(resumed.totals) if resumed else {}
         self.server_logic = method.server_logic(config)  # may refuse the config: no round ran
         if resumed:
             self.server_logic.load_state_dict(resumed.server_logic)
+        # Central DP (or None), with the run's secret noise key from (or into) the run directory.
+        self.privacy = CentralPrivacy.from_config(config, key_dir=self.run_dir.path)
+        # Metrics rows past the checkpoint belong to a round that was not committed.
+        if resumed is None:
+            self.rows: list[dict[str, Any]] = []
+        elif resumed.metrics is not None:
+            self.rows = list(resumed.metrics)
+        else:
+            self.rows = [r for r in self.run_dir.read_metrics() if _round_of(r) <= resumed.round]
+        # Written only now, after every check a resume makes.
+        self._write_setup(partitions)
+        self.run_dir.write_metrics(self.rows)
         if energy_meter is None:
             energy_meter = EnergyMeter(
                 country_iso_code=config.energy_country,
@@ -237,7 +286,8 @@ class RunRecorder:
         global_state: dict[str, torch.Tensor],
         evaluation: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write a finished round: its metrics row, then the checkpoint; print its line.
+        """Commit a finished round: the checkpoint (holding the round's metrics row), then
+        the row in metrics.jsonl and the dashboard; print its line.
 
         ``evaluation`` is the server's evaluation of ``global_state`` (on the rounds where
         :meth:`evaluates_on_server`); methods that evaluate on clients bring theirs in the
@@ -282,15 +332,17 @@ class RunRecorder:
             server_logic=self.server_logic.state_dict(),
             totals=totals,
             rng=ServerState.capture_rng(),
+            row=row,
         )
-        # Order matters for crash safety: metrics first, then the checkpoint that makes them
-        # official (a resume drops metrics rows newer than the last checkpoint). The dashboard
-        # goes with the row: a resumed reporter drops steps newer than the checkpoint too.
+        # Order matters for crash safety: the checkpoint commits the round, then the row is
+        # appended, so metrics.jsonl never shows an uncommitted round (a row lost between the
+        # two is restored from the checkpoint on resume). The dashboard goes with the row: a
+        # resumed reporter drops steps newer than the checkpoint too.
+        self.run_dir.save_checkpoint(state)
         self.rows.append(row)
+        self.rounds_done = absolute
         self.run_dir.write_metrics(self.rows)
         self.reporter.log(absolute, *dashboard_metrics(row, totals))
-        self.run_dir.save_checkpoint(state)
-        self.rounds_done = absolute
         print_round(row, self.config.num_rounds)
         return row
 

@@ -9,7 +9,6 @@ adds to FedAvg and how the final model is saved are the method's. The strategy
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
@@ -20,10 +19,12 @@ from smartfed.assembly.runtime import Runtime, get_runtime
 from smartfed.data import partition_stats
 from smartfed.engine.config import RunConfig
 from smartfed.engine.evaluation import evaluate_loss
-from smartfed.engine.recorder import RoundReport, RunRecorder, load_resume_state
+from smartfed.engine.recorder import RoundReport, RunRecorder, start_run
 from smartfed.engine.rundir import RunDirectory
+from smartfed.errors import DamagedFileError, StorageError
 from smartfed.federation.settings import from_run_config
 from smartfed.federation.strategy import SmartFedStrategy
+from smartfed.utils.io import read_json
 
 app = ServerApp()
 
@@ -34,8 +35,28 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_server(grid: Grid, config: RunConfig) -> dict[str, Any]:
-    """Run (or continue) the federated rounds and write the run directory; return the summary."""
-    resumed = load_resume_state(config)  # None for a new run; refuses to overwrite one
+    """Run (or continue) the federated rounds and write the run directory; return the summary.
+
+    The run holds its directory's lock from its first read to its last write: one writer per
+    run directory. A write the storage refuses (full disk, read-only) ends the run in one line
+    that says how to continue it; the directory keeps its last committed round."""
+    run_dir = RunDirectory(config.output_dir)
+    with run_dir.lock():
+        try:
+            return _run_locked(grid, config)
+        except StorageError as exc:
+            if run_dir.config_path.is_file():
+                then = (
+                    f"once fixed, `smartfed run --resume {run_dir.path}` continues from the "
+                    "last committed round"
+                )
+            else:
+                then = "once fixed, start the run again"
+            raise StorageError(f"{exc}; {then}") from exc
+
+
+def _run_locked(grid: Grid, config: RunConfig) -> dict[str, Any]:
+    resumed = start_run(config)  # None for a new run; refuses to overwrite one
     runtime = get_runtime(config)
     method = runtime.method
     recorder = RunRecorder(
@@ -131,9 +152,12 @@ def _final_metric(
     if not config.metric_samples or not benchmark:
         return None
     path = run_dir.path / "final_metric.json"
-    if path.is_file():
-        result = json.loads(path.read_text(encoding="utf-8"))
-    else:
+    keys = ("benchmark", "metric", "value", "correct", "n")
+    try:
+        result = read_json(path) if path.is_file() else None
+    except DamagedFileError:
+        result = None  # derived from final/: scored again
+    if result is None or not set(keys) <= set(result):
         from smartfed.evaluation.harness import EvalTarget, evaluate_benchmark, write_result
 
         target = EvalTarget(
@@ -145,4 +169,4 @@ def _final_metric(
             target, benchmark, limit=config.metric_samples, data_dir=config.data_dir
         )
         write_result(result, path)
-    return {k: result[k] for k in ("benchmark", "metric", "value", "correct", "n")}
+    return {k: result[k] for k in keys}

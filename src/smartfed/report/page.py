@@ -14,18 +14,14 @@ from typing import Any
 
 from smartfed.bench.layout import loss_curve, read_run
 from smartfed.bench.results import report_run_dirs, results_markdown
-from smartfed.errors import ConfigError
+from smartfed.errors import ConfigError, DamagedFileError
 from smartfed.report import plots
-from smartfed.utils.io import write_text_atomic
+from smartfed.utils.io import read_json, write_text_atomic
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    """A JSON object, or None where there is none; a damaged one is refused in one line."""
+    return read_json(path) if path.exists() else None
 
 
 def _finished_runs(folder: Path, dirs: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -44,6 +40,13 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     bench = _read_json(folder / "bench.json")
     if bench is not None:
+        entries, settings = bench.get("entries"), bench.get("settings")
+        if (
+            not isinstance(entries, list)
+            or not isinstance(settings, dict)
+            or not all(isinstance(e, dict) and isinstance(e.get("label"), str) for e in entries)
+        ):
+            raise DamagedFileError(f"{folder / 'bench.json'} is damaged (no entries or settings)")
         dirs = report_run_dirs(bench)  # with --seeds: each entry's first seed
         runs = _finished_runs(folder, dirs)
         title = bench["settings"].get("task", "")
@@ -92,14 +95,14 @@ def write_report(folder: str | Path, output: str | Path | None = None) -> Path:
             )
             images.append((f"EEQA quotas per matrix over rounds ({label})", heatmap))
         usage = _read_json(run_dir / "usage.json")
-        if usage:
+        if usage and isinstance(usage.get("matrices"), dict):
             chart = plots.expert_usage(
                 usage["matrices"], out / f"usage_{label}.png", f"{label}: routing share"
             )
             images.append((f"Expert usage per matrix ({label})", chart))
     first = next(iter(runs))
     partitions = _read_json(folder / dirs[first] / "partitions.json")
-    if partitions:
+    if partitions and isinstance(partitions.get("clients"), list):
         images.append(
             (
                 "Per-client partition sizes",
