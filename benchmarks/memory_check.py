@@ -38,13 +38,9 @@ Results: printed as a table and written to ``benchmarks/results/memory_check.jso
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import gc
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -87,17 +83,6 @@ def estimate(batch: int, seq: int, args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------- one measured size
-def _status_kib(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
-
-
-def _reset_cpu_peak() -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.malloc_trim(0)  # freed heap goes back to the kernel, so RSS is what is live
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-
-
 def _batch(batch: int, seq: int, vocab: int, seed: int):
     import torch
 
@@ -162,34 +147,30 @@ def measure_one(batch: int, seq: int, args: argparse.Namespace) -> dict:
     """The memory growth of one training step at batch × seq, in this process."""
     import torch
 
+    from smartfed.models.memory_probe import memory_probe
+
     config, method, vocab = _build(batch, seq, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     _step(method, config, _batch(1, 16, vocab, seed=1))  # lazy initialisations, off the record
     data = _batch(batch, seq, vocab, seed=0)
-    cuda = args.device.startswith("cuda")
-    gc.collect()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        _reset_cpu_peak()
-        before = _status_kib("VmRSS") * 1024
-    started = time.perf_counter()
-    _step(method, config, data)
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _status_kib("VmHWM") * 1024
+    probe = memory_probe(torch.device(args.device))
+    seconds: list[float] = []
+
+    def step() -> None:  # timed alone: the probe's preparation is not the step
+        started = time.perf_counter()
+        _step(method, config, data)
+        seconds.append(time.perf_counter() - started)
+
+    measured = probe.measure(step)
+    if measured is None:
+        raise SystemExit(f"memory cannot be measured on {args.device} here: {probe.note}")
     return {
         "batch": batch,
         "seq_len": seq,
-        "measured_growth": peak - before,
-        "before": before,
-        "step_s": round(time.perf_counter() - started, 2),
+        "measured_growth": measured.growth,
+        "before": measured.before,
+        "step_s": round(seconds[0], 2),
     }
 
 

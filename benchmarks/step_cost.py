@@ -76,8 +76,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import ctypes.util
 import datetime
 import gc
 import json
@@ -113,6 +111,7 @@ from smartfed.models import (
     to_device,
     torch_dtype,
 )
+from smartfed.models.memory_probe import MemoryProbe, memory_probe
 from smartfed.pool import LoraPool, load_pool
 from smartfed.tuners.routing import router_names
 
@@ -488,83 +487,6 @@ def method_variant(
     return Variant(key, label, step, facts, state)
 
 
-# ---------------------------------------------------------------------------------- memory
-class MemoryProbe:
-    """Measures the extra memory of one step (see the module docstring)."""
-
-    kind = "none"
-    note = "not measured on this device"
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def measure(self, step: Callable[[], float]) -> int | None:
-        step()
-        return None
-
-
-class CudaMemoryProbe(MemoryProbe):
-    kind = "cuda_allocator"
-    note = "max_memory_allocated - memory_allocated before the step (CUDA caching allocator)"
-
-    def measure(self, step: Callable[[], float]) -> int | None:
-        synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        before = torch.cuda.memory_allocated(self.device)
-        step()
-        synchronize(self.device)
-        return torch.cuda.max_memory_allocated(self.device) - before
-
-
-class LinuxRssProbe(MemoryProbe):
-    kind = "linux_peak_rss"
-    note = "VmHWM - VmRSS before the step, after malloc_trim and a peak reset (/proc/self)"
-
-    def __init__(self, device: torch.device):
-        super().__init__(device)
-        self.libc = ctypes.CDLL(ctypes.util.find_library("c"))
-
-    @staticmethod
-    def available() -> bool:
-        if not sys.platform.startswith("linux") or not ctypes.util.find_library("c"):
-            return False
-        try:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")
-        except OSError:
-            return False
-        return hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim")
-
-    @staticmethod
-    def status() -> dict[str, int]:
-        values = {}
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    name, value = line.split(":")
-                    values[name] = int(value.split()[0]) * 1024  # kB
-        return values
-
-    def measure(self, step: Callable[[], float]) -> int | None:
-        gc.collect()
-        self.libc.malloc_trim(0)  # freed heap back to the kernel: the step must grow the RSS
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")  # VmHWM := VmRSS
-        before = self.status()["VmRSS"]
-        step()
-        return max(self.status()["VmHWM"] - before, 0)
-
-
-def memory_probe(device: torch.device, enabled: bool) -> MemoryProbe:
-    if not enabled:
-        return MemoryProbe(device)
-    if device.type == "cuda":
-        return CudaMemoryProbe(device)
-    if device.type == "cpu" and LinuxRssProbe.available():
-        return LinuxRssProbe(device)
-    return MemoryProbe(device)
-
-
 # ---------------------------------------------------------------------------------- timing
 def run_group(variants: list[Variant], ctx: Context, probe: MemoryProbe) -> None:
     """Warm-up, one memory step each, then interleaved timed repeats."""
@@ -579,7 +501,8 @@ def run_group(variants: list[Variant], ctx: Context, probe: MemoryProbe) -> None
                 f"(loss {loss:.3f})"
             )
     for v in variants:
-        v.step_peak_bytes = probe.measure(v.step)
+        measured = probe.measure(v.step)
+        v.step_peak_bytes = None if measured is None else measured.growth
         v.facts["static_bytes"] = unique_bytes(v.state())
     gc.collect()
     for i in range(args.repeats):

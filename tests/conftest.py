@@ -16,7 +16,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from smartfed.assembly.config import SettingValues
 from smartfed.engine.config import RunConfig
-from tests.time_budget import pytest_configure, pytest_runtest_makereport  # noqa: F401 (hooks)
+from tests.time_budget import (  # noqa: F401 (the budget's hooks, active for the whole suite)
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_makereport,
+)
 
 pytest_plugins = ["pytester"]  # tests/test_time_budget.py runs pytest on planted tests
 

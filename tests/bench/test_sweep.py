@@ -275,6 +275,7 @@ def test_a_bench_may_grow_its_grid_and_seeds_but_never_reuses_a_stale_run(
     assert "another --seeds" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_tuning_runs_evaluate_only_after_the_last_round(tiny_run_config, tmp_path, capsys):
     config = tiny_run_config()
     out = tmp_path / "bench"

@@ -28,6 +28,7 @@ def fresh_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.integration  # a whole run end to end
 @pytest.mark.parametrize("benchmark", BENCHMARKS)
 def test_eval_writes_results_without_a_data_dir(
     benchmark: str, fresh_machine: Path, tiny_model_dir: Path

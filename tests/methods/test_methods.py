@@ -206,6 +206,7 @@ def test_eval_reloads_the_final_model_of_every_method(name, tiny_run_config):
     torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_eval_of_a_fedsa_run_says_there_is_no_global_model(tiny_run_config):
     from smartfed.errors import ConfigError
     from smartfed.evaluation.harness import load_eval_target
@@ -303,6 +304,7 @@ def test_fresh_lora_adapts_every_matrix_the_pool_adapts(tiny_run_config, make_ad
     assert lora.use_rslora  # the first module's scaling convention
 
 
+@pytest.mark.integration  # a whole run end to end
 def test_a_partial_saved_adapter_is_refused(tiny_run_config, tmp_path):
     from safetensors.torch import load_file, save_file
 

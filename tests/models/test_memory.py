@@ -189,6 +189,7 @@ def test_dry_run_on_another_model_reshapes_the_pool_and_says_so(tiny_run_config)
     assert plan.base_parameters == 134_515_008
 
 
+@pytest.mark.integration  # a whole run end to end
 @pytest.mark.parametrize(
     "overrides",
     [{"method": "smartfed"}, {"method": "fedit", "wire_dtype": "bfloat16"}],
