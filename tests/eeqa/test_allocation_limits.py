@@ -146,7 +146,10 @@ def test_repeated_rounds_reach_the_unlimited_allocation(args: dict, move: int) -
     fixed = {k: args[k] for k in ("importance", "capacities", "total_budget", "k_min", "k_max")}
     goal = allocate_quotas(**fixed)
     quotas = allocate_quotas(**fixed, previous=args["previous"], max_move=move)
-    for _ in range(70 // move + 2):
+    # Each round that is not yet there moves at least one unit closer (L1), so this many rounds
+    # always suffice; a fixed count like 70 // move does not when the budget couples the moves
+    # (hypothesis found 73 rounds for caps [61, 39, 2, 2, 2, 51, 30, 2], move 1).
+    for _ in range(int(np.abs(quotas - goal).sum()) + 2):
         step = allocate_quotas(**fixed, previous=quotas, max_move=move)
         assert np.all(np.abs(step - quotas) <= move)
         quotas = step
