@@ -16,8 +16,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smartfed.bench.layout import final_loss, finished_runs, read_run
-from smartfed.bench.tables import mib, read_json
+from smartfed.bench.layout import final_loss, finished_runs, read_run, run_curve
+from smartfed.bench.stats import REFERENCE
+from smartfed.bench.tables import (
+    GAIN_TARGET_TEXT,
+    GAIN_TARGETS,
+    first_reach,
+    gain_targets,
+    mib,
+    read_json,
+)
 from smartfed.utils.io import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gate"
@@ -51,6 +59,7 @@ def entry_row(bench_dir: Path) -> dict[str, Any] | None:
         "bytes_per_round": last["bytes_up"] + last["bytes_down"],
         "bytes_total": summary["bytes_up"] + summary["bytes_down"],
         "target": summary.get("target"),
+        "curve": run_curve(runs[0], "target_loss"),
     }
 
 
@@ -60,7 +69,15 @@ def task_table(task: str, root: Path) -> dict[str, Any]:
         row = entry_row(bench_dir)
         (rows.append(row) if row else pending.append(bench_dir.name))
     rows.sort(key=lambda r: r["target_test_loss"] if r["target_test_loss"] is not None else 1e9)
-    return {"task": task, "rows": rows, "pending": pending, "gate": gate_answer(rows)}
+    reference = next((r for r in rows if r["entry"] == REFERENCE), None)
+    targets = gain_targets(reference["curve"]) if reference else None
+    for row in rows:
+        curve = row.pop("curve")
+        row["to_target"] = {
+            name: first_reach(curve, value) for name, value in (targets or {}).items()
+        }
+    return {"task": task, "rows": rows, "pending": pending, "targets": targets,
+            "gate": gate_answer(rows)}  # fmt: skip
 
 
 def gate_answer(rows: list[dict[str, Any]]) -> str:
@@ -107,18 +124,34 @@ def markdown(tables: list[dict[str, Any]]) -> str:
             f"## {table['task']}",
             "",
             "| entry | chosen | target test loss (round 0) | in-distribution test loss | "
-            "bytes a round | bytes total |",
-            "|---|---|---|---|---|---|",
+            "MiB a round | MiB total | "
+            + " | ".join(f"round, MiB to {t}" for t in GAIN_TARGETS)
+            + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(GAIN_TARGETS),
         ]
         for r in table["rows"]:
             chosen = ", ".join(f"{k}={v}" for k, v in (r["chosen"] or {}).items()) or "–"
+            reached = [
+                "–" if r["to_target"].get(t) is None
+                else f"{r['to_target'][t][0]}, {mib(r['to_target'][t][1])}"
+                for t in GAIN_TARGETS
+            ]  # fmt: skip
             lines.append(
                 f"| {r['entry']} | {chosen} | {_fmt(r['target_test_loss'])} "
                 f"({_fmt(r['initial_target_loss'])}) | {_fmt(r['test_loss'])} | "
-                f"{mib(r['bytes_per_round'])} | {mib(r['bytes_total'])} |"
+                f"{mib(r['bytes_per_round'])} | {mib(r['bytes_total'])} | "
+                + " | ".join(reached)
+                + " |"
             )
         if table["pending"]:
             lines.append(f"\nNot finished yet: {', '.join(table['pending'])}.")
+        targets = table.get("targets")
+        if targets:
+            lines.append(
+                "\nTargets (FedIT's curve): "
+                + "; ".join(f"{t} = {v:.4f} ({GAIN_TARGET_TEXT[t]})" for t, v in targets.items())
+                + '. "–": not reached.'
+            )
         lines += ["", f"Gate: {table['gate']}", ""]
     return "\n".join(lines)
 

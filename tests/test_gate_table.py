@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from .benchmark_scripts import import_benchmark
 
 gate_table = import_benchmark("gate_table")
@@ -19,7 +21,9 @@ def _entry(root: Path, task: str, entry: str, method: str, target: float, per_ro
     (bench / "results.json").write_text(
         json.dumps({"methods": {entry: {"chosen": {"learning_rate": 0.01}}}})
     )
-    rows = [{"round": r, "bytes_up": per_round // 2, "bytes_down": per_round // 2} for r in (1, 2)]
+    losses = {1: 2.0 - (2.0 - target) / 2, 2: target}
+    rows = [{"round": r, "bytes_up": per_round // 2, "bytes_down": per_round // 2,
+             "target_loss": losses[r]} for r in (1, 2)]  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {
         "method": method,
@@ -46,6 +50,11 @@ def test_rows_sorted_by_target_loss_and_the_gate(tmp_path: Path) -> None:
     assert table["gate"].startswith("SmartFed's defaults are not lower than fed_sb_r26")
     text = gate_table.markdown([table])
     assert "| smartfed | learning_rate=0.01 | 0.7000 (2.0000) | 1.0000 |" in text
+    # FedIT gains 1.2 (2.0 -> 0.8): T50 = 1.4, T90 = 0.92. SmartFed (2.0 -> 1.35 -> 0.7)
+    # reaches T50 in round 1 after 1000 bytes and T90 in round 2 after 2000.
+    assert table["targets"] == {"T50": 1.4, "T90": pytest.approx(0.92)}
+    ours = next(r for r in table["rows"] if r["entry"] == "smartfed")
+    assert ours["to_target"] == {"T50": (1, 1000), "T90": (2, 2000)}
 
 
 def test_unfinished_entries_are_pending(tmp_path: Path) -> None:

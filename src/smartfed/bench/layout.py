@@ -97,14 +97,15 @@ def loss_curve(run: dict[str, Any], metric: str = "eval_loss") -> list[tuple[int
     return curve
 
 
-def run_curve(run_dir: Path) -> list[tuple[int, float, int]]:
-    """(round, eval loss, cumulative bytes up + down after that round) of one run folder,
-    starting with round 0 (the initial evaluation, nothing sent yet) when summary.json records
-    it. Bytes count every round, evaluated or not: a round without an evaluation still sent its
-    traffic. Missing files give what is there (a run in progress)."""
+def run_curve(run_dir: Path, metric: str = "eval_loss") -> list[tuple[int, float, int]]:
+    """(round, loss, cumulative bytes up + down after that round) of one run folder, starting
+    with round 0 (the initial evaluation, nothing sent yet) when summary.json records it.
+    ``metric``: ``eval_loss`` (in-distribution) or ``target_loss`` (the target set). Bytes count
+    every round, evaluated or not: a round without an evaluation still sent its traffic.
+    Missing files give what is there (a run in progress)."""
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    initial = (summary.get("initial_eval") or {}).get("eval_loss")
+    initial = (summary.get("initial_eval") or {}).get(metric)
     curve = [] if initial is None else [(0, initial, 0)]
     metrics = run_dir / "metrics.jsonl"
     lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
@@ -112,6 +113,6 @@ def run_curve(run_dir: Path) -> list[tuple[int, float, int]]:
     for line in filter(None, lines):
         row = json.loads(line)
         total += row.get("bytes_up", 0) + row.get("bytes_down", 0)
-        if "eval_loss" in row:
-            curve.append((row["round"], row["eval_loss"], total))
+        if metric in row:
+            curve.append((row["round"], row[metric], total))
     return curve

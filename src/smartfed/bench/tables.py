@@ -22,6 +22,34 @@ TARGET_TEXT = {
 TARGET_NEEDS = {"T_merge": (MERGE,), "T_half": (MERGE, REFERENCE), "T_fedit": (REFERENCE,)}
 
 
+# The targets of the target-set tables: how far a run gets of FedIT's best gain on the target
+# curve, from round 0. Gains, not ratios of losses: the round-0 loss is far from zero.
+GAIN_TARGETS = {"T50": 0.5, "T90": 0.9}
+GAIN_TARGET_TEXT = {
+    name: f"round-0 target loss minus {int(share * 100)} % of FedIT's best gain on that curve"
+    for name, share in GAIN_TARGETS.items()
+}
+
+
+def gain_targets(reference_curve: list[tuple[int, float, int]]) -> dict[str, float] | None:
+    """``{"T50": ..., "T90": ...}`` from the reference run's (round, loss, bytes) curve: its
+    round-0 loss minus that share of its best gain (round 0 minus its lowest loss); None without
+    a round 0 or a gain."""
+    if not reference_curve or reference_curve[0][0] != 0:
+        return None
+    start = reference_curve[0][1]
+    gain = start - min(loss for _, loss, _ in reference_curve)
+    if gain <= 0:
+        return None
+    return {name: start - share * gain for name, share in GAIN_TARGETS.items()}
+
+
+def first_reach(curve: list[tuple[int, float, int]], target: float) -> tuple[int, int] | None:
+    """(round, cumulative bytes) where ``curve`` first reaches ``target`` or lower; None if
+    it never does."""
+    return next(((rnd, sent) for rnd, loss, sent in curve if loss <= target), None)
+
+
 def read_json(path: Path) -> Any:
     """A result file's content; a file that is not JSON stops the script with one line."""
     try:
