@@ -11,6 +11,7 @@ exist and parse (``bash -n``).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -126,30 +127,43 @@ def _flags(argv: list[str]) -> list[str]:
 ANY_ARGS = {"source", "flwr", "tensorboard", "cd", "mkdir", "rm", "cp", "git", "pip"}
 
 
-PARSE = "import sys; from smartfed.cli.main import build_parser; build_parser().parse_args()"
+SMARTFED = ("smartfed", ".venv/bin/smartfed")
+# Parses each JSON-encoded argv with a fresh parser; prints the index of each one refused.
+PARSE = """
+import contextlib, io, json, sys
+from smartfed.cli.main import build_parser
+for i, argv in enumerate(json.loads(sys.argv[1])):
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code:
+            print(i)
+"""
 
 
-def check_command(argv: list[str], exported: dict[str, str] | None = None) -> str | None:
-    """Why ``argv`` (from a long or gpu block) would fail, or None when it checks out.
-    ``exported``: variables the block exported before (plugins change the parser, so then
-    the parser is built in a fresh process)."""
+def refused_with_env(argvs: list[list[str]], exported: dict[str, str]) -> list[str]:
+    """The ``smartfed`` commands of ``argvs`` refused by a parser built in a fresh process
+    with ``exported`` set (plugins add flags and methods), all parsed in that one process."""
+    result = subprocess.run(
+        [sys.executable, "-c", PARSE, json.dumps([argv[1:] for argv in argvs])], cwd=ROOT,
+        env={**_env(), **exported}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [f"smartfed refuses: {shlex.join(argvs[int(i)])}" for i in result.stdout.split()]
+
+
+def check_command(argv: list[str]) -> str | None:
+    """Why ``argv`` (from a long or gpu block) would fail, or None when it checks out."""
     program = argv[0]
-    if program in ("smartfed", ".venv/bin/smartfed"):
-        if exported:
-            result = subprocess.run(
-                [sys.executable, "-c", PARSE, *argv[1:]], cwd=ROOT, capture_output=True,
-                env={**_env(), **exported}, text=True, timeout=300,
-            )  # fmt: skip
-            refused = result.returncode != 0
-        else:
-            from smartfed.cli.main import build_parser
+    if program in SMARTFED:
+        from smartfed.cli.main import build_parser
 
-            try:
-                build_parser().parse_args(argv[1:])
-                refused = False
-            except SystemExit as exc:
-                refused = exc.code != 0
-        return f"smartfed refuses: {shlex.join(argv)}" if refused else None
+        try:
+            build_parser().parse_args(argv[1:])
+        except SystemExit as exc:
+            return f"smartfed refuses: {shlex.join(argv)}" if exc.code else None
+        return None
     if program in ("python", "python3", ".venv/bin/python"):
         if argv[1:2] == ["-m"]:
             paths = [w.split("::")[0] for w in argv[3:] if not w.startswith("-")]
@@ -238,6 +252,12 @@ def test_the_checker_fails_on_stale_commands():
     assert check_command(["training_scripts/no_such_script.sh"])
     assert check_command(["frobnicate"])
     assert check_command(["smartfed", "run", "--preset", "demo", "--dry_run"]) is None
+    plugin = {"SMARTFED_PLUGINS": "tests/plugins/toy_method.py"}
+    toy = ["smartfed", "run", "--method", "toy", "--toy_start", "0.3"]
+    assert check_command(toy)  # no such flag without the plugin
+    assert refused_with_env([toy, ["smartfed", "run", "--toy_stort", "1"]], plugin) == [
+        "smartfed refuses: smartfed run --toy_stort 1"
+    ]
 
 
 LONG = [(w, b) for w, tag, b in shell_blocks() if tag in ("long", "gpu")]
@@ -249,12 +269,16 @@ def test_long_and_gpu_blocks_are_current(where, body):
     argvs = commands(body)
     assert argvs, f"{where}: no command"
     exported: dict[str, str] = {}
-    problems = []
+    with_env, problems = [], []
     for argv in argvs:
         if argv[0] == "export":
             exported.update(w.split("=", 1) for w in argv[1:] if "=" in w)
-        elif problem := check_command(argv, exported):
+        elif exported and argv[0] in SMARTFED:
+            with_env.append(argv)
+        elif problem := check_command(argv):
             problems.append(problem)
+    if with_env:
+        problems += refused_with_env(with_env, exported)
     assert not problems, f"{where}: {problems}"
 
 
