@@ -1,4 +1,4 @@
-"""Elastic Expert Quota Allocation: properties of DESIGN §1.4 plus hand-computed examples."""
+"""Elastic Expert Quota Allocation: docs/design.md §1.4's properties and hand-computed examples."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Server-side importance aggregation: token-weighted mean and EMA smoothing (DESIGN §1.3)."""
+"""Server-side importance aggregation: token-weighted mean and EMA (docs/design.md §1.3)."""
 
 from __future__ import annotations
 

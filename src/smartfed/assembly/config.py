@@ -57,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_every=4,
         output_dir="runs/demo",
     ),
-    # The paper's protocol (DESIGN §1.5), for GPU users.
+    # The paper's protocol (docs/design.md §1.5), for GPU users.
     "paper": dict(
         num_clients=20,
         sample_clients=2,

@@ -7,8 +7,8 @@ into :class:`~smartfed.data.examples.Example` objects::
                       label_field="answer_bucket", hub=HubSource("openai/gsm8k", ...))
     def read_gsm8k(path: Path, split: str) -> Iterator[Example]: ...
 
-Split files are paths relative to a *data dir* laid out like ``/work/shared/data`` (one folder per
-dataset). :func:`load_examples` takes a registered dataset's split from the first of:
+Split files are paths relative to a *data dir* laid out like the project's shared data folder (one
+folder per dataset). :func:`load_examples` takes a registered dataset's split from the first of:
 
 1. the file in the ``data_dir`` argument (the CLI's ``--data_dir``);
 2. the file in the ``SMARTFED_DATA_DIR`` environment variable's folder;

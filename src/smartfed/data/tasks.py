@@ -78,7 +78,7 @@ register_task(
     )
 )
 
-# The paper's three skill compositions (DESIGN §2), on the data available offline.
+# The paper's three skill compositions (docs/design.md §2), on the data available offline.
 # Math23K here is MWPToolkit's random split (train = its validset.json, eval loss on its
 # testset.json); the 18.5K trainset is not available offline.
 register_task(

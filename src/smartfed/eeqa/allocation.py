@@ -1,12 +1,13 @@
-"""Elastic Expert Quota Allocation (EEQA), DESIGN §1.4.
+"""Elastic Expert Quota Allocation (EEQA), docs/design.md §1.4.
 
 A device can afford ``K`` active experts per adapted matrix on average, i.e. a total budget
 ``K_tot = K · P`` over ``P`` matrices. EEQA spends that budget where it matters: matrices whose
-experts change the output more (higher importance, DESIGN §1.3) get a larger top-K quota, the
-others a smaller one, never below ``k_min`` and never above the ``M_ℓ`` experts that exist.
+experts change the output more (higher importance, docs/design.md §1.3) get a larger top-K
+quota, the others a smaller one, never below ``k_min`` and never above the ``M_ℓ`` experts that
+exist.
 
 The function is pure numpy (no torch, no Flower) so the server can run it anywhere and the
-properties of DESIGN §1.4 can be tested exhaustively.
+properties of docs/design.md §1.4 can be tested exhaustively.
 
 Tie-breaking (deterministic): matrices are ranked by their remainder ``q_ℓ − K_ℓ``; equal
 remainders are ranked by matrix index, the lower index first. The lower index therefore wins a
@@ -76,8 +77,8 @@ def _as_previous(previous: np.ndarray | None, shape: tuple[int, ...]) -> np.ndar
 def uniform_quotas(capacities: np.ndarray, k: int) -> np.ndarray:
     """Quota ``min(k, M_ℓ)`` for every matrix: the warm-up allocation before importance exists.
 
-    During the warm-up rounds (DESIGN §1.4, default 1) there are no importance scores yet, so
-    every matrix gets the plain per-matrix budget ``k``, capped by the experts it actually has.
+    During the warm-up rounds (docs/design.md §1.4, default 1) there are no importance scores yet,
+    so every matrix gets the plain per-matrix budget ``k``, capped by the experts it actually has.
     """
     caps = _as_capacities(capacities)
     k = _as_int(k, "k")
@@ -116,8 +117,8 @@ def allocate_quotas(
         docstring), which is ``B = min(K_tot, Σ min(M, k_max))`` whenever the move limit allows
         it, in particular always without ``max_move``.
 
-    Algorithm (DESIGN §1.4), with ``B`` the effective budget, ``T = clip(B, Σ lo, Σ hi)`` what
-    is spent, and ``lo_ℓ = k_min``, ``hi_ℓ = M_ℓ`` unless ``k_max``/``max_move`` narrow them:
+    Algorithm (docs/design.md §1.4), with ``B`` the effective budget, ``T = clip(B, Σ lo, Σ hi)``
+    what is spent, and ``lo_ℓ = k_min``, ``hi_ℓ = M_ℓ`` unless ``k_max``/``max_move`` narrow them:
 
     1. proportional: ``q_ℓ = B · I_ℓ / Σ I``; ``K_ℓ = clip(floor(q_ℓ), lo_ℓ, hi_ℓ)``.
        (Using ``B`` rather than ``K_tot`` in ``q`` changes nothing: when ``K_tot > Σ M`` the

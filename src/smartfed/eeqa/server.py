@@ -22,7 +22,7 @@ def update_importance(
     rule: AggregationRule | None = None,
 ) -> np.ndarray | None:
     """Token-weighted mean over clients (or ``rule``'s robust combination), then EMA over
-    rounds (DESIGN §1.3)."""
+    rounds (docs/design.md §1.3)."""
     pairs = [(imp, tok) for imp, tok in zip(client_importance, client_tokens, strict=True) if tok]
     if not pairs:
         return previous_ema
@@ -52,7 +52,7 @@ def next_quotas(
     uniform = uniform_quotas(capacities, top_k)
     if not enable_eeqa or importance is None or completed_round < warmup_rounds:
         return uniform
-    # DESIGN §1.4: K_tot = K·P; EEQA spends min(K_tot, Σ min(M_ℓ, k_max)) of it.
+    # docs/design.md §1.4: K_tot = K·P; EEQA spends min(K_tot, Σ min(M_ℓ, k_max)) of it.
     return allocate_quotas(
         importance,
         capacities,

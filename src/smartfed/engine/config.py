@@ -69,7 +69,7 @@ class RunConfig(Settings):
     data_dir: str | None = setting(
         None, "folder with the datasets (default: $SMARTFED_DATA_DIR, then bundled)"
     )
-    # federated protocol (DESIGN §1.5)
+    # federated protocol (docs/design.md §1.5)
     num_clients: int = setting(20, "clients in the federation", minimum=1)
     sample_clients: int = setting(2, "clients sampled per round", minimum=1)
     num_rounds: int = setting(20, "communication rounds", minimum=1)

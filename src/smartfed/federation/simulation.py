@@ -194,7 +194,7 @@ def _quiet_start() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             # Ray's notice that a future release stops hiding GPUs from GPU-less actors:
-            # SmartFed relies on the current behaviour, which it states in the README.
+            # SmartFed relies on the current behaviour, which docs/federated-runs.md states.
             warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO")
             yield
     finally:

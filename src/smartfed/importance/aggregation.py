@@ -1,4 +1,4 @@
-"""Server-side aggregation of importance scores (DESIGN §1.3), pure numpy.
+"""Server-side aggregation of importance scores (docs/design.md §1.3), pure numpy.
 
 Each client measures importance per matrix (and per expert) during its local steps and reports it
 together with the number of tokens it was averaged over. The server combines the reports with a
@@ -118,9 +118,9 @@ def _as_shares(rows: np.ndarray) -> np.ndarray:
 def ema_update(previous: np.ndarray | None, current: np.ndarray, beta: float = 0.7) -> np.ndarray:
     """Exponential moving average ``beta · previous + (1 − beta) · current``.
 
-    ``beta`` is the weight of the history (DESIGN default 0.7): 0 means no smoothing (use this
-    round only); values near 1 make the quotas react slowly. With no history yet (first round)
-    the current estimate is returned as is (as a new float64 array, never an alias).
+    ``beta`` is the weight of the history (docs/design.md §1.3: default 0.7): 0 means no smoothing
+    (use this round only); values near 1 make the quotas react slowly. With no history yet (first
+    round) the current estimate is returned as is (as a new float64 array, never an alias).
 
     Raises:
         ConfigError: ``beta`` is not a real number in ``[0, 1)``.

@@ -83,7 +83,7 @@ def register_score(
 
 
 def _expert_share(inputs: ScoreInputs) -> torch.Tensor:
-    """ĝ_i · 1{i∈S} · ‖E_i(x)‖ / ‖W0 x‖ (DESIGN §1.3, per expert)."""
+    """ĝ_i · 1{i∈S} · ‖E_i(x)‖ / ‖W0 x‖ (docs/design.md §1.3, per expert)."""
     base_norm = inputs.base_out.norm(dim=-1, keepdim=True).clamp_min(_EPS)
     return inputs.gates * inputs.expert_norms / base_norm
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 @dataclass
 class LoraHubSettings(MethodSettings):
     # N scalars of order 1 (the paper searches [-1.5, 1.5]); at the routers' 5e-4 they move from
-    # 0.5 to 0.508 in a whole cn_math demo run (README, "Methods").
+    # 0.5 to 0.508 in a whole cn_math demo run (docs/methods-benchmarks.md).
     learning_rate: float = setting(5e-2, "AdamW learning rate of the module weights", above=0)
 
     @classmethod

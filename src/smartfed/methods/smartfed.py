@@ -2,7 +2,7 @@
 
 Clients train the per-matrix routers under the quota table the server sends and report the
 per-matrix importance they measured; the server averages routers (FedAvg), folds importance into
-an EMA and re-allocates the expert budget with EEQA (DESIGN §1.2-1.5). The defaults are
+an EMA and re-allocates the expert budget with EEQA (docs/design.md §1.2-1.5). The defaults are
 the best measured trade-off of benchmarks/results/routers/ (router ``diag_lowrank`` at 5e-2,
 every expert on every token, no EEQA): at M = 64 experts per matrix, top-K saved no compute and
 cost loss. Top-K routing is one flag away: ``--topk_experts K`` (EEQA on, the paper's method)

@@ -1,4 +1,4 @@
-"""A pool of LoRA adapters, decomposed along the rank into frozen rank-1 experts (DESIGN §1.1).
+"""A pool of LoRA adapters, split along the rank into frozen rank-1 experts (docs/design.md §1.1).
 
 For an adapted matrix ℓ, adapter n contributes ``r_n`` experts ``E_i(x) = s_n B[:, i] A[i, :] x``.
 The scaling ``s_n`` is folded into the B column here, once, so the MoRE layer never needs it.

@@ -1,4 +1,4 @@
-"""Built-in router designs besides the paper's ``linear`` (DESIGN §5): smaller routers.
+"""Built-in router designs besides the paper's ``linear`` (docs/design.md §5): smaller routers.
 
 Every design keeps per-token top-K over the rank-1 experts (gating stays in
 :mod:`smartfed.tuners.routing`), fixed tensor shapes whatever K, float32 parameters whatever the
@@ -19,13 +19,13 @@ The designs on the experts (``needs_experts``; MoRE only) read the **normalised 
 
     t = z ⊙ ‖B‖,   s = t / rms_token(t)          (z = A·x, which the layer computes anyway)
 
-t_i is, up to sign, what expert i would add to the output (E_i(x) = B_i z_i, ‖E_i(x)‖ = |t_i|)
-and the per-token normalisation makes s independent of the token's scale (the prototypes: M×M
-on s reached eval loss 0.514, on raw z 0.895). The diagonal designs put their per-expert scale on
-|s|, not s: an expert (A_i, B_i) is the same expert as (−A_i, −B_i), which flips the sign of s_i
-but not |s_i|, and |s_i| is the zero-shot preference for expert i. Starting with a = 1, b = 0
-their initial logits are |s|, so top-K starts on the experts that would add the most
-(|A_i·x|·‖B_i‖). Learned maps of s (W s, U V s) can absorb the signs, so they read s itself.
+t_i is, up to sign, what expert i would add to the output (E_i(x) = B_i z_i, ‖E_i(x)‖ = |t_i|) and
+the per-token normalisation makes s independent of the token's scale (a prototype M×M router did
+clearly better on s than on raw z: docs/results.md). The diagonal designs put their per-expert scale
+on |s|, not s: an expert (A_i, B_i) is the same expert as (−A_i, −B_i), which flips the sign of s_i
+but not |s_i|, and |s_i| is the zero-shot preference for expert i. Starting with a = 1, b = 0 their
+initial logits are |s|, so top-K starts on the experts that would add the most (|A_i·x|·‖B_i‖).
+Learned maps of s (W s, U V s) can absorb the signs, so they read s itself.
 
 Each design keeps its trained values in one float32 tensor ``weight`` (views name the parts):
 every tensor sent costs Flower about 170 bytes besides its values (the .npy header and its key),

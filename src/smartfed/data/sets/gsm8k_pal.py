@@ -27,7 +27,7 @@ answer within 1e-6 relative or 1e-4 absolute. Records are otherwise dropped and 
 note is malformed or its expression cannot be evaluated), ``wrong_answer`` (the last note's value
 is not the gold answer, e.g. the final step was done without a note).
 
-On the full GSM8K from ``../shared/data`` this keeps 6,999 of 7,473 train records (93.7 %; 95 have
+On the full published GSM8K this keeps 6,999 of 7,473 train records (93.7 %; 95 have
 no notes, 2 have a note with floor division ``//``, which the evaluator does not accept, and 377
 give a wrong answer) and 1,208 of 1,319 test records (91.6 %; 18 without notes, 0, 93 wrong). The
 counts are logged (``logging.info``) whenever a split is loaded.

@@ -1,7 +1,7 @@
 """Alpaca-format instruction data: ``zh_instruct`` (Chinese chat) and ``code_instruct`` (code).
 
-Both are stand-ins for the paper's pool data that cannot be fetched offline (see
-``../shared/data/README.md``): ``zh_instruct`` is Alpaca machine-translated into Chinese (the same
+Both are stand-ins for the paper's pool data that cannot be fetched offline (see the data
+folder's ``README.md``): ``zh_instruct`` is Alpaca machine-translated into Chinese (the same
 kind of data as Okapi-zh), ``code_instruct`` is Code Alpaca's ``new_codealpaca.json`` (instead of
 Magicoder OSS-Instruct).
 

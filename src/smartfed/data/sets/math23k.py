@@ -3,7 +3,7 @@
 Files are JSON lists of ``{"id", "original_text", "segmented_text", "equation", "ans"}``; the
 equation is written ``x=...`` (``x=(11-1)*2``) and ``ans`` is a string: a number (``"20"``,
 ``"2.5"``), a fraction (``"((7)/(15))"``), a mixed number (``"19((3)/(4))"`` = 19 3/4) or a
-percentage (``"25%"`` = 0.25). The splits are MWPToolkit's random split (``../shared/data`` has no
+percentage (``"25%"`` = 0.25). The splits are MWPToolkit's random split (the data folder has no
 ``trainset.json``): ``train`` = ``math23k/validset.json`` (2,316 problems), ``test`` =
 ``math23k/testset.json`` (2,317 problems).
 
@@ -21,7 +21,7 @@ Every record is checked: ``ans`` is parsed and the right-hand side of ``equation
 with the safe arithmetic evaluator (:mod:`smartfed.data.arith`; ``[ ]`` read as parentheses,
 ``^`` as power, ``N%`` as N/100). A record is **skipped**, and counted in a logged summary, when
 its equation or answer cannot be evaluated or the two differ by more than 1e-4 (relative and
-absolute). On the files in ``../shared/data`` this skips exactly **1** record, in ``test``: id
+absolute). On MWPToolkit's published files this skips exactly **1** record, in ``test``: id
 ``"10431"`` (record 161), whose "equation" ``x=80千米/小时`` is a unit, not arithmetic (the
 problem asks how to write a speed). So ``train`` has 2,316 examples and ``test`` 2,316; every
 other equation reproduces its answer (269 test / 268 train answers are fractions, mixed numbers

@@ -19,12 +19,12 @@ A record is a coding request (:func:`is_code_request`) when
 
 The keywords are matched in the instruction only (not the input) because inputs are often
 articles that merely mention 算法 or 应用程序. The rule was tuned by reading every match of a
-broad keyword regex (304 records, many of them about apps, ad scripts or maths functions); it
-keeps **191** records on the files in ``../shared/data``: 156 of the 5,000 translated records and
-35 of the 1,000 GPT-4 records. Records with an empty output are dropped first (none match).
+broad keyword regex (many of them about apps, ad scripts or maths functions); how many records
+it keeps on the project's data files is in docs/results.md. Records with an empty output are
+dropped first.
 
 Split: matched records are numbered in reading order (translated file first); every 10th
-(number ``% 10 == 0``) is in ``test`` and the rest in ``train``: 20 test / 171 train.
+(number ``% 10 == 0``) is in ``test`` and the rest in ``train``.
 
 The prompt and response are built as for ``zh_instruct`` (instruction, then the input after a
 blank line). ``meta``: ``source`` (``"zh_code"``), ``origin`` (the file's stem),

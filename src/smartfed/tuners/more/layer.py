@@ -1,4 +1,4 @@
-"""The MoRE layer: a frozen linear layer plus routed rank-1 experts (DESIGN §1.2).
+"""The MoRE layer: a frozen linear layer plus routed rank-1 experts (docs/design.md §1.2).
 
 Per token x (all experts of the matrix in one batched matmul, no Python loop over experts):
 
