@@ -379,53 +379,29 @@ def _score_equation(example: Example, generation: str, _: SandboxLimits) -> Scor
     return Score(extracted=value, correct=correct, detail="" if correct else f"= {value!r}")
 
 
-register_benchmark(
-    GenerativeBenchmark(
-        name="mgsm_zh_math23k",
-        description="MGSM-zh target test slice (cn_math), the generated equation's value",
-        dataset="mgsm_zh_math23k",
-        split="test",
-        metric="accuracy",
-        prompt=_question,
-        score=_score_equation,
+# The target test slices, then the same scoring on the tasks' in-distribution test splits.
+for _name, _what, _score, _budget in (
+    ("mgsm_zh_math23k", "MGSM-zh target test slice (cn_math), the generated equation's value",
+     _score_equation, 256),
+    ("gsm_hard_gsm8k_pal", "GSM-Hard target test slice (math_code), PAL program execution",
+     _score_pal, 320),
+    ("math23k", "Math23K test (cn_math's in-distribution test), the generated equation's value",
+     _score_equation, 256),
+    ("gsm8k_pal", "GSM8K test as PAL programs (math_code's in-distribution test), execution",
+     _score_pal, 320),
+):  # fmt: skip
+    register_benchmark(
+        GenerativeBenchmark(
+            name=_name,
+            description=_what,
+            dataset=_name,
+            split="test",
+            metric="accuracy",
+            prompt=_question,  # the training format's prompt (PAL prompts hold the instruction)
+            score=_score,
+            max_new_tokens=_budget,
+        )
     )
-)
-# The same scoring on the tasks' in-distribution test splits.
-register_benchmark(
-    GenerativeBenchmark(
-        name="math23k",
-        description="Math23K test (cn_math's in-distribution test), the generated equation's value",
-        dataset="math23k",
-        split="test",
-        metric="accuracy",
-        prompt=_question,
-        score=_score_equation,
-    )
-)
-register_benchmark(
-    GenerativeBenchmark(
-        name="gsm8k_pal",
-        description="GSM8K test as PAL programs (math_code's in-distribution test), execution",
-        dataset="gsm8k_pal",
-        split="test",
-        metric="accuracy",
-        prompt=_question,
-        score=_score_pal,
-        max_new_tokens=320,
-    )
-)
-register_benchmark(
-    GenerativeBenchmark(
-        name="gsm_hard_gsm8k_pal",
-        description="GSM-Hard target test slice (math_code), PAL program execution accuracy",
-        dataset="gsm_hard_gsm8k_pal",
-        split="test",
-        metric="accuracy",
-        prompt=_question,  # the prompt already holds the PAL instruction
-        score=_score_pal,
-        max_new_tokens=320,
-    )
-)
 
 
 def _run_tests(program: str, tests: str, limits: SandboxLimits) -> Score:

@@ -32,6 +32,7 @@ from torch import nn
 from smartfed.engine.method import FederatedMethod
 from smartfed.engine.settings import MethodSettings, setting
 from smartfed.errors import ConfigError
+from smartfed.methods.fresh_lora import lora_targets
 from smartfed.methods.registry import register_method
 from smartfed.pool import LoraPool
 
@@ -107,12 +108,7 @@ class FedSB(FederatedMethod):
     def build(self, base_model: nn.Module, pool: LoraPool, config: RunConfig) -> nn.Module:
         settings: FedSBSettings = config.settings
         base_model.requires_grad_(False)
-        if settings.lora_targets:
-            targets = [t.strip() for t in settings.lora_targets.split(",") if t.strip()]
-        else:
-            targets = list(dict.fromkeys(t for a in pool.adapters for t in a.target_modules))
-        if not targets:
-            raise ConfigError("--lora_targets names no module")
+        targets = lora_targets(pool, settings.lora_targets)
         rank = settings.lora_rank or max(pool.adapters[0].ranks)
         self.rank = rank
         lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0,

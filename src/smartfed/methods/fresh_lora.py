@@ -38,6 +38,17 @@ class FreshLoraSettings(MethodSettings):
     )
 
 
+def lora_targets(pool: LoraPool, flag: str | None) -> list[str]:
+    """``--lora_targets`` (comma-separated), else every module some pool module adapts."""
+    if flag:
+        targets = [t.strip() for t in flag.split(",") if t.strip()]
+    else:
+        targets = list(dict.fromkeys(t for a in pool.adapters for t in a.target_modules))
+    if not targets:
+        raise ConfigError("--lora_targets names no module")
+    return targets
+
+
 def fresh_lora_config(pool: LoraPool, settings: FreshLoraSettings) -> LoraConfig:
     """The LoRA shape of a knowledge-free method: explicit flags, else the pool's.
 
@@ -47,12 +58,7 @@ def fresh_lora_config(pool: LoraPool, settings: FreshLoraSettings) -> LoraConfig
     reference = pool.adapters[0]
     rank = settings.lora_rank or max(reference.ranks)
     alpha = settings.lora_alpha if settings.lora_alpha is not None else max(reference.alphas)
-    if settings.lora_targets:
-        targets = [t.strip() for t in settings.lora_targets.split(",") if t.strip()]
-    else:
-        targets = list(dict.fromkeys(t for a in pool.adapters for t in a.target_modules))
-    if not targets:
-        raise ConfigError("--lora_targets names no module")
+    targets = lora_targets(pool, settings.lora_targets)
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
