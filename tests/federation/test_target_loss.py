@@ -94,3 +94,14 @@ def test_missing_or_malformed_target_file_is_one_line(tiny_run_config, tmp_path,
     with pytest.raises(ConfigError, match="response") as malformed:
         check_inputs(tiny_run_config(target_data=pattern))
     assert "\n" not in str(malformed.value) and "test.jsonl" in str(malformed.value)
+
+
+def test_a_method_without_a_global_model_says_why_it_has_no_target_loss(
+    tiny_run_config, target_pattern
+):
+    config = tiny_run_config(method="fedsa_lora", target_data=target_pattern, num_rounds=1)
+    summary = run_federated(config)
+    assert summary["target"] == {"skipped": "fedsa_lora keeps a model per client: no target loss"}
+    assert summary["final_target"] is None
+    rows = Path(config.output_dir, "metrics.jsonl").read_text()
+    assert "target_loss" not in rows

@@ -97,24 +97,26 @@ class Runtime:
 
     def _initialize_method_on_server(self) -> None:
         """A method that initialises from data (Fed-SB) reads a seeded slice of the training
-        data that no client holds, before round 1. Every process computes the same init (same
-        seed, same examples, on the CPU), as it builds the same initial model."""
+        data that no client holds, before round 1. Every process builds the same init from the
+        same seed and examples, as it builds the same initial model."""
         count = self.method.server_init_examples
         if not count:
             return
         config = self.config
-        rule = dict(tag=0x5E7, setting="--init_examples")
-        positions = list(range(len(self.train_examples)))
-        _, indices = hold_out(positions, count, config.seed, config.num_clients, **rule)
-        self.train_examples, held = hold_out(
-            self.train_examples, count, config.seed, config.num_clients, **rule
-        )
-        rows = [encode_example(self.tokenizer, ex, self.config.max_seq_len) for ex in held]
+        # Positions into the training examples (after any validation hold-out).
+        _, indices = hold_out(
+            list(range(len(self.train_examples))), count, config.seed, config.num_clients,
+            tag=0x5E7, setting="--init_examples",
+        )  # fmt: skip
+        held = [self.train_examples[i] for i in indices]
+        taken = set(indices)
+        self.train_examples = [ex for i, ex in enumerate(self.train_examples) if i not in taken]
+        rows = [encode_example(self.tokenizer, ex, config.max_seq_len) for ex in held]
         rows = [row for row in rows if row is not None]
-        size = self.config.batch_size
         pad = self.tokenizer.pad_token_id
+        size = config.batch_size
         batches = [collate(rows[i : i + size], pad) for i in range(0, len(rows), size)]
-        seed_everything(self.config.seed)
+        seed_everything(config.seed)
         self.method.initialize_on_server([to_device(b, self.device) for b in batches], indices)
 
     def encoded_partition(self, partition_id: int) -> list:

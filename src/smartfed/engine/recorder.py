@@ -167,6 +167,8 @@ class RunRecorder:
         self.rounds_done = resumed.round if resumed else 0
         self.totals: dict[str, Any] = dict(resumed.totals) if resumed else {}
         self.server_logic = method.server_logic(config)  # may refuse the config: no round ran
+        if config.target_samples and method.evaluates_on_clients and not self.resumed:
+            log.warning("%s keeps a model per client: the target set is not scored", method.name)
         if resumed:
             self.server_logic.load_state_dict(resumed.server_logic)
         # Central DP (or None), with the run's secret noise key from (or into) the run directory.
@@ -212,8 +214,10 @@ class RunRecorder:
 
     def _target_description(self) -> dict[str, Any] | None:
         config = self.config
-        if not config.target_samples or self.method.evaluates_on_clients:
+        if not config.target_samples:
             return None
+        if self.method.evaluates_on_clients:
+            return {"skipped": f"{self.method.name} keeps a model per client: no target loss"}
         initial = self.totals.get("initial_eval") or {}
         return {
             "data": _target_name(config),
