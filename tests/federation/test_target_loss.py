@@ -105,3 +105,16 @@ def test_a_method_without_a_global_model_says_why_it_has_no_target_loss(
     assert summary["final_target"] is None
     rows = Path(config.output_dir, "metrics.jsonl").read_text()
     assert "target_loss" not in rows
+
+
+def test_target_items_get_their_own_length(tiny_run_config, tmp_path):
+    """Training cuts at --max_seq_len; the target is scored at --target_max_seq_len, so that
+    no answer is cut, and every result counts the ones that were."""
+    for split in ("dev", "test"):
+        row = {"prompt": "1+1=", "response": "2" * 30}
+        (tmp_path / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    pattern = str(tmp_path / "{split}.jsonl")
+    cut = tiny_run_config(target_data=pattern, max_seq_len=24, target_max_seq_len=24)
+    whole = tiny_run_config(target_data=pattern, max_seq_len=24, target_max_seq_len=64)
+    assert get_runtime(cut).target_encoding["truncated"] == 1
+    assert get_runtime(whole).target_encoding["truncated"] == 0

@@ -182,7 +182,7 @@ class Runtime:
 
     @cached_property
     def _target_data(self) -> tuple[list[dict], dict[str, int]]:
-        return self._batches(self.target_examples)
+        return self._batches(self.target_examples, self.config.target_max_seq_len)
 
     @cached_property
     def target_batches(self) -> list[dict]:
@@ -198,10 +198,13 @@ class Runtime:
             return set()
         return target_dev_sources(self.task.target_dataset)
 
-    def _batches(self, examples: list) -> tuple[list[dict], dict[str, int]]:
+    def _batches(
+        self, examples: list, max_seq_len: int | None = None
+    ) -> tuple[list[dict], dict[str, int]]:
         if not examples:
             return [], {}
-        encoded = encode_examples(self.tokenizer, examples, self.config.max_seq_len)
+        length = max_seq_len or self.config.max_seq_len
+        encoded = encode_examples(self.tokenizer, examples, length)
         # Batches of similar lengths: padding is compute too; the token-weighted loss does not
         # depend on the order.
         rows = sorted(encoded.encoded, key=lambda e: len(e["input_ids"]))

@@ -201,6 +201,12 @@ class RunConfig(Settings):
         "which split of the target set the per-round target loss reads",
         choices=TARGET_SPLITS,
     )
+    target_max_seq_len: int = setting(
+        512,
+        "tokens per target item (prompt + answer); above --max_seq_len so that no answer is cut "
+        "(each result records how many were: target_truncated)",
+        minimum=1,
+    )
     target_data: str | None = setting(
         None,
         "your own target set: a JSONL pattern PATH/{split}.jsonl (prompt/response fields; files "

@@ -224,7 +224,7 @@ class RunRecorder:
             "split": config.target_split,
             "samples": config.target_samples,
             "truncated": initial.get("target_truncated"),
-            "max_seq_len": config.max_seq_len,
+            "max_seq_len": config.target_max_seq_len,
         }
 
     # ------------------------------------------------------------------ the plan
