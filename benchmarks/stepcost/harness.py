@@ -375,6 +375,16 @@ def ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """A suite's own summary table on the console (numbers right-aligned)."""
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def print_group(title: str, records: dict[str, dict[str, Any]], references: list[str]) -> None:
     table = Table(title=title)
     for column in ("variant", "median s", "min s", "IQR s", "tokens/s"):

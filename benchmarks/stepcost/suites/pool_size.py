@@ -5,20 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
-
 from smartfed.models.memory_probe import MemoryProbe
 from stepcost.harness import (
     POOL_ALPHA_PER_RANK,
     Context,
     Suite,
     base_variant,
-    console,
     int_list,
     measure,
     method_variant,
     mib,
     positive_int,
+    print_table,
     register,
 )
 
@@ -99,32 +97,16 @@ class PoolSize(Suite):
             }
             for modules in ctx.args.pool_sizes
         ]
-        table = Table(title=f"growth with M (K={k}, router 'linear', {ctx.dtype_name})")
-        for column in (
-            "modules",
-            "M",
-            "MoRE s",
-            "x base",
-            "peak MiB",
-            "router values/matrix",
-            "router MiB/round",
-            "LoRA r=M s",
-            "LoRA MiB/round",
-        ):
-            table.add_column(column, justify="right")
-        for g in growth:
-            table.add_row(
-                str(g["modules"]),
-                str(g["experts_per_matrix"]),
-                f"{g['more_median_s']:.3f}",
-                f"{g['more_time_vs_base_paired']:.3f}",
-                mib(g["more_peak_bytes"]),
-                f"{g['more_values_per_matrix']:,.0f}",
-                mib(g["more_bytes_per_round_float32"]),
-                f"{g['lora_median_s']:.3f}",
-                mib(g["lora_bytes_per_round_float32"]),
-            )
-        console.print(table)
+        print_table(
+            f"growth with M (K={k}, router 'linear', {ctx.dtype_name})",
+            ["modules", "M", "MoRE s", "x base", "peak MiB", "router values/matrix",
+             "router MiB/round", "LoRA r=M s", "LoRA MiB/round"],
+            [[str(g["modules"]), str(g["experts_per_matrix"]), f"{g['more_median_s']:.3f}",
+              f"{g['more_time_vs_base_paired']:.3f}", mib(g["more_peak_bytes"]),
+              f"{g['more_values_per_matrix']:,.0f}", mib(g["more_bytes_per_round_float32"]),
+              f"{g['lora_median_s']:.3f}", mib(g["lora_bytes_per_round_float32"])]
+             for g in growth],
+        )  # fmt: skip
         return {"rank": rank, "top_k": k, "variants": records, "growth": growth}
 
     @classmethod

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
-
 from smartfed.models.memory_probe import MemoryProbe
 from stepcost.harness import (
     Context,
@@ -19,6 +17,7 @@ from stepcost.harness import (
     method_variant,
     mib,
     paired_ratio,
+    print_table,
     register,
 )
 
@@ -86,34 +85,16 @@ class Sparse(Suite):
                     "sparse_step_peak_bytes": sparse_r["step_peak_bytes"],
                 }
             )
-        table = Table(
-            title=f"sparse vs dense expert path ({ctx.dtype_name}); < 1: sparse is faster"
-        )
-        for column in (
-            "M",
-            "K",
-            "dense s",
-            "sparse s",
-            "sparse/dense (paired)",
-            "dense x base",
-            "sparse x base",
-            "dense step MiB",
-            "sparse step MiB",
-        ):
-            table.add_column(column, justify="right")
-        for c in comparison:
-            table.add_row(
-                str(c["experts_per_matrix"]),
-                str(c["top_k"]),
-                f"{c['dense_median_s']:.3f}",
-                f"{c['sparse_median_s']:.3f}",
-                f"{c['sparse_vs_dense_paired']:.3f}",
-                f"{c['dense_vs_base_paired']:.3f}",
-                f"{c['sparse_vs_base_paired']:.3f}",
-                mib(c["dense_step_peak_bytes"]),
-                mib(c["sparse_step_peak_bytes"]),
-            )
-        console.print(table)
+        print_table(
+            f"sparse vs dense expert path ({ctx.dtype_name}); < 1: sparse is faster",
+            ["M", "K", "dense s", "sparse s", "sparse/dense (paired)", "dense x base",
+             "sparse x base", "dense step MiB", "sparse step MiB"],
+            [[str(c["experts_per_matrix"]), str(c["top_k"]), f"{c['dense_median_s']:.3f}",
+              f"{c['sparse_median_s']:.3f}", f"{c['sparse_vs_dense_paired']:.3f}",
+              f"{c['dense_vs_base_paired']:.3f}", f"{c['sparse_vs_base_paired']:.3f}",
+              mib(c["dense_step_peak_bytes"]), mib(c["sparse_step_peak_bytes"])]
+             for c in comparison],
+        )  # fmt: skip
         wins = [c for c in comparison if c["sparse_vs_dense_paired"] < 0.95]
         verdict = (
             "sparse path faster by > 5 % at "
