@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from smartfed.assembly.config import SettingValues
 from smartfed.engine.config import RunConfig
+from smartfed.testing import TINY, make_tiny_llama, write_random_adapter
 from tests.time_budget import (  # noqa: F401 (the budget's hooks, active for the whole suite)
     pytest_configure,
     pytest_runtest_call,
@@ -66,24 +66,6 @@ def needs_data() -> Path:
     return folder
 
 
-TINY = dict(
-    vocab_size=272,  # 256 byte tokens + specials of the tiny tokenizer
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,  # GQA: k/v projections are 16 wide, q is 32
-    max_position_embeddings=64,
-)
-
-
-def make_tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**TINY))
-    model.eval()
-    return model
-
-
 @pytest.fixture
 def tiny_llama() -> LlamaForCausalLM:
     return make_tiny_llama()
@@ -124,24 +106,12 @@ def make_adapter(tmp_path: Path) -> AdapterFactory:
     ) -> Path:
         index = next(counter)
         name = name or f"adapter{index}"
-        config = LoraConfig(
-            r=r,
-            lora_alpha=alpha,
-            target_modules=list(targets),
-            init_lora_weights=False,
-            lora_dropout=0.0,
-            **lora_kwargs,
-        )
-        base = make_tiny_llama()  # seeds torch itself; seed the adapter's draw after it
-        torch.manual_seed(1000 + (seed if seed is not None else index))
-        peft_model = get_peft_model(base, config)
-        # Random B from PEFT is tiny-ish; make the update clearly visible in the logits.
-        with torch.no_grad():
-            for pname, param in peft_model.named_parameters():
-                if "lora_B" in pname:
-                    param.normal_(std=0.3)
         out = tmp_path / "adapters" / name
-        peft_model.save_pretrained(out)
+        # A fresh tiny LLaMA (it seeds torch itself); the adapter's draw is seeded after it.
+        seed = 1000 + (seed if seed is not None else index)
+        write_random_adapter(
+            out, make_tiny_llama(), rank=r, alpha=alpha, targets=targets, seed=seed, **lora_kwargs
+        )
         return out
 
     return factory

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "smartfed"
 LAYERS = [
     "__init__", "errors", "utils", "telemetry", "models", "data", "pool", "robust", "importance",
     "eeqa", "tuners", "engine", "methods", "assembly", "hf", "evaluation", "federation", "bench",
-    "report", "cli",
+    "report", "cli", "testing",
 ]  # fmt: skip
 # The one downward exception: `smartfed.load_run` is defined in the bottom package so users can
 # write `import smartfed; smartfed.load_run(dir)`, and imports `smartfed.hf` inside the function

@@ -12,6 +12,8 @@ from types import ModuleType
 
 import pytest
 
+from smartfed.testing import TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,9 +55,12 @@ def test_every_suite_runs_and_records_what_it_measured(step_cost, tmp_path):
             assert record["peak_bytes"] == record["static_bytes"] + record["step_peak_bytes"]
     assert methods["base"]["time_vs_base"] == 1.0 and methods["base"]["trainable_parameters"] == 0
     # Tiny LLaMA (hidden 32, 2 layers; q 32->32, v 32->16), two rank-2 modules on q and v:
-    # 4 matrices of M = 4 experts. SmartFed's linear routers send M x d_in values per matrix;
-    # FedIT trains a rank-2 LoRA: 2 layers x (2 (32 + 32) + 2 (32 + 16)) values.
-    assert methods["smartfed"]["communicated_values"] == 4 * 4 * 32
+    # 4 matrices of M = 4 experts. SmartFed's default router, diag_lowrank (rank 4), sends
+    # 2 x 4 + 2 x 4 x 4 values per matrix (as in the sparse test below; the linear router's
+    # M x d_in is the routers suite's); FedIT trains a rank-2 LoRA:
+    # 2 layers x (2 (32 + 32) + 2 (32 + 16)) values.
+    assert methods["smartfed"]["resolved_settings"]["router"] == "diag_lowrank"
+    assert methods["smartfed"]["communicated_values"] == 4 * (2 * 4 + 2 * 4 * 4)
     assert methods["smartfed"]["experts_per_matrix"] == [4]
     assert methods["fedit"]["trainable_parameters"] == 2 * (2 * 64 + 2 * 48)
 
@@ -66,8 +71,9 @@ def test_every_suite_runs_and_records_what_it_measured(step_cost, tmp_path):
     assert routers["lora"]["trainable_parameters"] == 2 * (4 * 64 + 4 * 48)  # rank M = 4
     assert routers["lora"]["time_vs_lora"] == 1.0
     assert routers["diag_lowrank/top2"]["quotas"] == [2]
+    assert routers["linear/dense"]["communicated_values"] == 4 * 4 * 32  # M x d_in per matrix
 
-    growth = runs["pool_size"]["growth"]
+    growth = runs["pool_size"]["growth"]  # the linear router, as the suite's table says
     assert [g["experts_per_matrix"] for g in growth] == [2, 4]
     assert [g["more_values_per_matrix"] for g in growth] == [2 * 32, 4 * 32]
 
@@ -78,6 +84,10 @@ def test_every_suite_runs_and_records_what_it_measured(step_cost, tmp_path):
     dense, fast = sparse["variants"]["M4/K1/dense"], sparse["variants"]["M4/K1/sparse"]
     assert fast["losses"] == pytest.approx(dense["losses"], rel=1e-5)
     assert "verdict" in sparse
+
+    report = step_cost.markdown_report(data)  # every suite writes its own table
+    assert all(f"### {name} (" in report for name in step_cost.SUITES)
+    assert "| modules | M | SmartFed s |" in report and f"Verdict: {sparse['verdict']}." in report
 
 
 @pytest.mark.integration  # a whole run end to end
@@ -105,6 +115,14 @@ def test_json_keeps_the_suites_a_later_run_did_not_measure(step_cost, tmp_path):
     assert suites["sparse"] == {"x": 1}
     assert list(suites["methods"]["by_dtype"]["float32"]["variants"]) == ["base", "fedit"]
     assert suites["methods"]["by_dtype"]["float32"]["variants"]["fedit"]["peak_bytes"] is None
+
+
+def test_suites_register_themselves_in_order_and_tiny_is_the_tests_model(step_cost):
+    assert list(step_cost.SUITES) == ["methods", "routers", "pool_size", "sparse"]
+    assert all(suite.name == name for name, suite in step_cost.SUITES.items())
+    # --model tiny is the tests' tiny LLaMA itself (one TINY, from smartfed.testing).
+    tiny = step_cost.random_llama_config("tiny")
+    assert {key: getattr(tiny, key) for key in TINY} == TINY
 
 
 def test_random_model_specs_have_smollm2_layout(step_cost):

@@ -44,6 +44,24 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
     return (seed * 1_000_003 + server_round * 10_007 + partition_id) % 2**31
 
 
+def training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Mapping[str, torch.Tensor],
+    device: torch.device,
+    precision: torch.dtype,
+) -> float:
+    """One local step of :func:`train_local`: forward with labels (under autocast for a
+    half-precision base), zero_grad, backward, optimizer step; returns the loss. ``batch`` is
+    already on ``device``. ``benchmarks/step_cost.py`` times this very step."""
+    with autocast(device, precision):
+        loss = model(**batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def train_local(
     method: FederatedMethod,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -80,12 +98,7 @@ def train_local(
     try:
         for step in range(local_steps):
             batch = to_device(next(iterator), device)
-            with autocast(device, precision):
-                loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(training_step(model, optimizer, batch, device, precision))
             tokens += int(batch["attention_mask"].sum())
             if on_step is not None:
                 on_step(step, losses[-1])
