@@ -49,9 +49,11 @@ test: setup
 	$(PY) -m pytest -q
 
 # The unit tier for a quick check while working (under 90 s on 2 cores): the default suite
-# without the tests that load the real default model (integration).
+# without the tests that load the real default model (integration), on two pytest-xdist workers
+# (one torch thread each, tests/conftest.py). PYTEST_WORKERS=0 runs it in this one process.
+PYTEST_WORKERS ?= 2
 test-fast: setup
-	$(PY) -m pytest -q -m "not integration and not slow"
+	$(PY) -m pytest -q -m "not integration and not slow" -n $(PYTEST_WORKERS)
 
 test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"

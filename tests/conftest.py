@@ -24,6 +24,12 @@ from tests.time_budget import (  # noqa: F401 (the budget's hooks, active for th
 
 pytest_plugins = ["pytester"]  # tests/test_time_budget.py runs pytest on planted tests
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (`make test-fast`: -n 2) each worker keeps to one core: the tiny models'
+    # matmuls gain nothing from more intra-op threads, and two workers of two threads each would
+    # fight over two cores. A run without -n keeps torch's default.
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _offline_hub_datasets(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -21,6 +21,35 @@ DOCS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _builtin_tasks_indexed_once():
+    """Every TaskManager lm-eval makes (each `smartfed lm-eval` here makes one) reads all of
+    lm-eval's ~15k built-in task YAML files again, about 5 s of CPU each time. The installed
+    package does not change between this module's tests, so its folder is read once and the
+    index reused; an --include_path folder (which the tests write to) is still read every time.
+    """
+    try:
+        from lm_eval.tasks import _index, manager
+    except ImportError:  # no lm-eval: the tests say so themselves
+        yield
+        return
+    builtin = Path(manager.__file__).parent
+    real = _index.TaskIndex.build
+    cached: dict = {}
+
+    def build(paths, **kwargs):
+        paths = list(paths)
+        if kwargs or not paths or paths[0] != builtin:
+            return real(paths, **kwargs)
+        if "index" not in cached:
+            cached["index"] = real([builtin])
+        return {**cached["index"], **(real(paths[1:]) if paths[1:] else {})}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_index.TaskIndex, "build", staticmethod(build))
+        yield
+
+
 @pytest.fixture
 def local_task(tmp_path) -> Path:
     """A multiple-choice (log-likelihood) lm-eval task on a local JSONL file."""

@@ -55,26 +55,70 @@ def test_load_run_gives_a_transformers_model_with_the_runs_loss(method, finished
     assert text.startswith("1+2=")
 
 
-# A script for a fresh interpreter: plain transformers + PEFT, never SmartFed.
+# A fresh interpreter with plain transformers + PEFT, never SmartFed: one per module, shared by
+# the exports below (its imports are most of a case's time). Each request (a JSON line: base
+# folder, adapter folder, batches file) loads that base and adapter anew and answers one JSON
+# line, its loss, after checking SmartFed is still not imported, or the error it met.
 PLAIN_PEFT = r"""
-import json, sys
+import json, sys, traceback
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-base_dir, adapter_dir, batches_file = sys.argv[1:4]
-base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-model = PeftModel.from_pretrained(base, adapter_dir).eval()
-total, tokens = 0.0, 0
-for batch in torch.load(batches_file):
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:].reshape(-1)
-    logp = torch.log_softmax(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), dim=-1)
-    total += float(torch.nn.functional.nll_loss(logp, labels, ignore_index=-100, reduction="sum"))
-    tokens += int((labels != -100).sum())
-assert "smartfed" not in sys.modules, sorted(m for m in sys.modules if "smartfed" in m)
-print(json.dumps({"loss": total / tokens}))
+
+
+def loss_of(base_dir, adapter_dir, batches_file):
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    total, tokens = 0.0, 0
+    for batch in torch.load(batches_file):
+        with torch.no_grad():
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        labels = batch["labels"][:, 1:].reshape(-1)
+        logp = torch.log_softmax(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), dim=-1)
+        nll = torch.nn.functional.nll_loss(logp, labels, ignore_index=-100, reduction="sum")
+        total += float(nll)
+        tokens += int((labels != -100).sum())
+    assert "smartfed" not in sys.modules, sorted(m for m in sys.modules if "smartfed" in m)
+    return total / tokens
+
+
+for line in sys.stdin:
+    try:
+        answer = {"loss": loss_of(*json.loads(line))}
+    except BaseException:
+        answer = {"error": traceback.format_exc()}
+    print(json.dumps(answer), flush=True)
 """
+
+
+@pytest.fixture(scope="module")
+def plain_peft(tmp_path_factory):
+    """``loss(base_dir, adapter_dir, batches_file)`` from the module's plain-PEFT interpreter."""
+    folder = tmp_path_factory.mktemp("plain_peft")
+    script = folder / "plain_peft.py"
+    script.write_text(PLAIN_PEFT)
+    with (folder / "stderr.txt").open("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=err, text=True,
+        )  # fmt: skip
+
+        def loss(*args: str) -> float:
+            proc.stdin.write(json.dumps([str(a) for a in args]) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            err.seek(0)
+            assert line, f"the plain-PEFT interpreter died:\n{err.read()[-2000:]}"
+            answer = json.loads(line)
+            assert "error" not in answer, answer.get("error")
+            return answer["loss"]
+
+        try:
+            yield loss
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=60)
 
 
 # Settings a method needs on the tiny model (Fed-SB's default rank is the pool's).
@@ -84,7 +128,9 @@ TINY = {"fed_sb": {"lora_rank": 4, "init_examples": 8}}
 @pytest.mark.parametrize(
     "method", ["fedit", "ffa_lora", "merge", "lorahub", "fed_sb", "pool_bridge"]
 )
-def test_lora_exports_load_with_plain_peft_without_smartfed(method, finished_run, tmp_path):
+def test_lora_exports_load_with_plain_peft_without_smartfed(
+    method, finished_run, plain_peft, tmp_path
+):
     config, summary, batches = finished_run(method, **TINY.get(method, {}))
     out = tmp_path / "export"
     assert main(["export", config.output_dir, "--to", str(out)]) == 0
@@ -94,16 +140,7 @@ def test_lora_exports_load_with_plain_peft_without_smartfed(method, finished_run
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
     batches_file = tmp_path / "batches.pt"
     torch.save(batches, batches_file)
-    script = tmp_path / "plain_peft.py"
-    script.write_text(PLAIN_PEFT)
-    done = subprocess.run(
-        [sys.executable, str(script), config.model_name_or_path, str(out), str(batches_file)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    loss = json.loads(done.stdout.strip().splitlines()[-1])["loss"]
+    loss = plain_peft(config.model_name_or_path, out, batches_file)
     assert loss == pytest.approx(summary["final_eval"]["eval_loss"], abs=1e-5)
 
 
