@@ -60,7 +60,8 @@ def test_sweep_over_seeds_chooses_on_validation_loss(tiny_run_config, tmp_path, 
             assert run.parent == out / "tune" / label
             saved = _json(run / "config.json")
             assert saved["eval_split"] == "validation" and saved["seed"] == 0
-            assert saved["eval_every"] == saved["num_rounds"]  # only the final loss chooses
+            # Only the final losses choose: no evaluation between.
+            assert saved["eval_every"] == saved["target_every"] == saved["num_rounds"]
             assert saved["method_settings"]["learning_rate"] == point["point"]["learning_rate"]
             # The recorded loss is the tuning run's final validation loss ...
             assert (

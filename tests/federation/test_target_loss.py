@@ -58,6 +58,18 @@ def test_target_loss_every_round_and_in_the_summary(tiny_run_config, target_patt
     assert final["target_loss"] == pytest.approx(rows[-1]["target_loss"], abs=1e-6)
 
 
+def test_target_every_scores_round_zero_every_nth_and_the_last(tiny_run_config, target_pattern):
+    config = tiny_run_config(target_data=target_pattern, num_rounds=5, target_every=2)
+    summary = run_federated(config)
+    rows = [
+        json.loads(line)
+        for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert ["target_loss" in row for row in rows] == [False, True, False, True, True]
+    assert "target_loss" in summary["initial_eval"]
+    assert summary["final_target"]["round"] == 5
+
+
 def test_target_split_dev_reads_the_dev_file(tiny_run_config, target_pattern):
     config = tiny_run_config(target_data=target_pattern, target_split="dev", num_rounds=1)
     run_federated(config)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # setting keys the cache, so a new setting is safe by default: at worst a needless rebuild.
 _NOT_RUNTIME_KEYS = frozenset(
     {"num_rounds", "output_dir", "resume", "overwrite", "preset", "engine", "energy_country",
-     "eval_every", "metric_samples", "client_cpus", "client_gpus", "report_to",
+     "eval_every", "target_every", "metric_samples", "client_cpus", "client_gpus", "report_to",
      # server-side aggregation only (the strategy and the method's server logic read them)
      "aggregation", "trim_fraction", "krum_byzantine", "clip_update_norm"}
 )  # fmt: skip

@@ -239,6 +239,7 @@ def run_sweep_bench(
         if reasons[entry.label] is None:
             for point in grid:
                 run_dir = tune_run_dir(bench_dir, entry.label, point)
+                last_round = {**entry.overrides, **point}.get("num_rounds", base.num_rounds)
                 overrides = {
                     **entry.overrides,
                     **point,
@@ -247,8 +248,9 @@ def run_sweep_bench(
                     "eval_split": "validation",
                     "target_split": "dev",  # the target's test slice is never read in tuning
                     "metric_samples": 0,  # the task benchmark is test data
-                    # The choice reads the final validation loss only: no evaluation between.
-                    "eval_every": {**entry.overrides, **point}.get("num_rounds", base.num_rounds),
+                    # The choice reads the final losses only: no evaluation between.
+                    "eval_every": last_round,
+                    "target_every": last_round,
                 }
                 config = values.config_for(entry.method, overrides, strict=False)
                 tune_plan.append((entry, point, run_dir, config))

@@ -201,6 +201,12 @@ class RunConfig(Settings):
         "which split of the target set the per-round target loss reads",
         choices=TARGET_SPLITS,
     )
+    target_every: int = setting(
+        1,
+        "score the target set every N rounds (round 0 and the last always); tuning runs score "
+        "it at round 0 and the last only, as their choice reads the final loss",
+        minimum=1,
+    )
     target_max_seq_len: int = setting(
         512,
         "tokens per target item (prompt + answer); above --max_seq_len so that no answer is cut "

@@ -246,10 +246,12 @@ class RunRecorder:
         return self.is_eval_round(server_round) and not self.method.evaluates_on_clients
 
     def evaluates_target(self, server_round: int) -> bool:
-        """Whether the server scores the target set after this round: every round (round 0
-        too), for methods with one global model (per-client models have no single target
-        loss)."""
-        return bool(self.config.target_samples) and not self.method.evaluates_on_clients
+        """Whether the server scores the target set after this round: every ``target_every``
+        rounds, round 0 and the last, for methods with one global model (per-client models
+        have no single target loss)."""
+        config = self.config
+        scheduled = server_round % config.target_every == 0 or server_round == config.num_rounds
+        return bool(config.target_samples) and scheduled and not self.method.evaluates_on_clients
 
     @property
     def needs_initial_eval(self) -> bool:
