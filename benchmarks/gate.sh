@@ -8,7 +8,7 @@
 #   benchmarks/gate.sh [ENTRY ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ENTRIES=${*:-fedit smartfed smartfed_paper fedit_r1 fed_sb_r26}
+ENTRIES=${*:-fedit smartfed fed_sb_r26 fedit_r1 smartfed_paper}
 for entry in $ENTRIES; do
   for task in math_code cn_math; do
     OUT=benchmarks/results/gate SEEDS=0 benchmarks/reference.sh "$task" "$entry"
