@@ -3,7 +3,9 @@
 # knowledge-free baselines and SmartFed on both tasks' target sets, each entry tuned over its
 # 3-point grid on the target's dev slice (`--select_on target`, the default for these tasks),
 # then run once on the target's test slice. Resumable: rerun after an interruption.
-# Results: benchmarks/results/gate/TASK/ENTRY/; table: .venv/bin/python benchmarks/gate_table.py
+# Results: benchmarks/results/target/TASK/ENTRY/ (the target re-run's folders: its seeds 1 and 2
+# extend these benches, `OUT=benchmarks/results/target benchmarks/reference.sh TASK ENTRY`);
+# table: .venv/bin/python benchmarks/gate_table.py (benchmarks/results/target/gate.md)
 #
 #   benchmarks/gate.sh [ENTRY ...]
 set -euo pipefail
@@ -11,6 +13,6 @@ cd "$(dirname "$0")/.."
 ENTRIES=${*:-fedit smartfed fed_sb_r26 fedit_r1 smartfed_paper}
 for entry in $ENTRIES; do
   for task in math_code cn_math; do
-    OUT=benchmarks/results/gate SEEDS=0 benchmarks/reference.sh "$task" "$entry"
+    OUT=benchmarks/results/target SEEDS=0 benchmarks/reference.sh "$task" "$entry"
   done
 done

@@ -1,8 +1,8 @@
 """The gate's table (``benchmarks/gate.sh``): seed 0 of each entry on both tasks' target sets.
 
-    .venv/bin/python benchmarks/gate_table.py    # benchmarks/results/gate/README.md, gate.json
+    .venv/bin/python benchmarks/gate_table.py    # benchmarks/results/target/gate.md, gate.json
 
-One row per finished entry folder ``benchmarks/results/gate/TASK/ENTRY/`` (a ``smartfed bench
+One row per finished entry folder ``benchmarks/results/target/TASK/ENTRY/`` (a ``smartfed bench
 --sweep learning_rate=... --seeds 0`` chosen on the target's dev slice): the final target test
 loss (the headline), the in-distribution test loss, the chosen rate, and the bytes of one
 steady-state round (the last round's up + down: Fed-SB's one-off init broadcast is in its
@@ -28,7 +28,7 @@ from smartfed.bench.tables import (
 )
 from smartfed.utils.io import write_text_atomic
 
-RESULTS = Path(__file__).resolve().parent / "results" / "gate"
+RESULTS = Path(__file__).resolve().parent / "results" / "target"
 TASKS = ("cn_math", "math_code")
 # Knowledge-free baselines are compared with SmartFed's defaults when they send at least as much.
 KNOWLEDGE_FREE = ("fedit", "fedit_r1", "fedit_r2", "ffa_lora_r2", "fedit_bf16", "fed_sb_r26",
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     tables = [task_table(task, args.results) for task in TASKS]
-    write_text_atomic(args.results / "README.md", markdown(tables))
+    write_text_atomic(args.results / "gate.md", markdown(tables))
     write_text_atomic(args.results / "gate.json", json.dumps(tables, indent=1) + "\n")
     print(markdown(tables))
 
