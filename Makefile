@@ -45,13 +45,14 @@ smoke: setup
 	rm -rf runs/smoke
 	$(VENV)/bin/smartfed run --preset smoke --output_dir runs/smoke
 
+# Both run on two pytest-xdist workers (one torch thread each, tests/conftest.py), which keeps
+# the default suite within 5 min on 2 cores; PYTEST_WORKERS=0 runs it in this one process.
+PYTEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 # The unit tier for a quick check while working (under 90 s on 2 cores): the default suite
-# without the tests that load the real default model (integration), on two pytest-xdist workers
-# (one torch thread each, tests/conftest.py). PYTEST_WORKERS=0 runs it in this one process.
-PYTEST_WORKERS ?= 2
+# without the tests that load the real default model or run whole CLI processes (integration).
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not slow" -n $(PYTEST_WORKERS)
 
