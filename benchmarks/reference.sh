@@ -69,6 +69,21 @@ run_entry() {
     fed_sb_r31) entry fed_sb_r31 fed_sb "$SB_GRID" --lora_rank 31 ;;
     # Reuse in Fed-SB's form: the pool's B and A mixed by merge + a trained rank-4 U V^T.
     pool_bridge) entry pool_bridge pool_bridge "$ROUTER_GRID" ;;
+    # Ablations of SmartFed's defaults (the gate asks why they lose where they do): the router
+    # on x alone (lowrank at rank 1: the default's 38,400 values, without the expert
+    # projections z), top-K sparsity with uniform K and with EEQA, fresh capacity beside the
+    # pool (a rank-1 residual LoRA), and the pool one module at a time.
+    smartfed_router_x) entry smartfed_router_x smartfed "$ROUTER_GRID" --router lowrank \
+      --router_rank 1 ;;
+    smartfed_k32) entry smartfed_k32 smartfed "$ROUTER_GRID" --topk_experts 32 ;;
+    smartfed_k32_eeqa) entry smartfed_k32_eeqa smartfed "$ROUTER_GRID" --topk_experts 32 \
+      --enable_eeqa ;;
+    smartfed_residual_r1) entry smartfed_residual_r1 smartfed "$ROUTER_GRID" --residual_rank 1 ;;
+    smartfed_only_*)  # smartfed_only_MODULE: the task's pool without its other module
+      local module=${1#smartfed_only_}
+      [[ ,$POOL_OLD, == *,"$module",* ]] || {
+        echo "reference.sh: $1: $module is not in $TASK's pool ($POOL_OLD)" >&2; exit 2; }
+      POOL=$module entry "$1" smartfed "$ROUTER_GRID" ;;
     # SmartFed and merge over the stronger pool (Makefile: pool-v2), beside the entries above.
     smartfed_pool_v2) POOL=$POOL_V2 entry smartfed_pool_v2 smartfed "$ROUTER_GRID" ;;
     merge_pool_v2) POOL=$POOL_V2 entry merge_pool_v2 merge "" ;;

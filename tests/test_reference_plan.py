@@ -127,3 +127,50 @@ def test_target_entries_parse_and_tune_on_the_target(task, tmp_path):
         args = build_parser().parse_args(argv)
         assert args.target_samples == 128 and args.select_on is None  # the task's default: target
         assert args.sweep, "every gate entry is tuned over a grid"
+
+
+ABLATION = {"smartfed_router_x": {"router": "lowrank", "router_rank": 1},
+            "smartfed_k32": {"topk_experts": 32, "enable_eeqa": None},
+            "smartfed_k32_eeqa": {"topk_experts": 32, "enable_eeqa": True},
+            "smartfed_residual_r1": {"residual_rank": 1}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("task", "modules"),
+    [("cn_math", ["cn_chat", "en_math"]), ("math_code", ["en_math", "en_code"])],
+)
+def test_ablation_entries_change_one_thing_each(task, modules, tmp_path):
+    only = [f"smartfed_only_{m}" for m in modules]
+    commands = recorded_commands(task, [*ABLATION, *only], tmp_path)
+    parsed = [build_parser().parse_args(argv) for argv in commands]
+    for args, (entry, changed) in zip(parsed, ABLATION.items(), strict=False):
+        assert args.methods == "smartfed" and args.lora_pool == ",".join(modules), entry
+        for setting, value in changed.items():
+            assert getattr(args, setting, None) == value, (entry, setting)
+    for args, module in zip(parsed[len(ABLATION) :], modules, strict=True):
+        assert args.methods == "smartfed" and args.lora_pool == module
+        assert args.output_dir.endswith(f"/{task}/smartfed_only_{module}")
+
+
+def test_only_a_module_of_the_tasks_pool(tmp_path):
+    with pytest.raises(AssertionError, match="en_code is not in cn_math's pool"):
+        recorded_commands("cn_math", ["smartfed_only_en_code"], tmp_path)
+
+
+def test_target_all_refuses_an_unknown_stage():
+    done = subprocess.run(
+        [str(BENCHMARKS / "target_all.sh"), "nonsense"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "unknown stage nonsense" in done.stderr
+
+
+@pytest.mark.parametrize("task", ["cn_math", "math_code"])
+def test_target_all_seeds_every_reference_entry(task, tmp_path):
+    text = (BENCHMARKS / "target_all.sh").read_text()
+    seeded = re.search(r'SEEDED="([^"]+)"', text)[1].split()
+    commands = recorded_commands(task, seeded, tmp_path)
+    assert len(commands) == len(seeded)
+    names = {Path(build_parser().parse_args(argv).output_dir).name for argv in commands}
+    must = {"fedit", "fedit_r1", "fedit_r2", "ffa_lora", "ffa_lora_r2", "fed_sb_r26",
+            "fed_sb_r31", "smartfed", "smartfed_paper", "pool_bridge", "mole", "merge"}  # fmt: skip
+    assert must <= names
