@@ -3,6 +3,7 @@ figure at this scale, the commands that reproduce it and a verdict.
 
     .venv/bin/python benchmarks/claims.py      # writes benchmarks/results/claims.md
     .venv/bin/python benchmarks/claims.py --results DIR --output FILE
+    .venv/bin/python benchmarks/claims.py --metric target_loss  # results/target/claims.md
 
 Nothing here is a measurement of its own: every figure is read from the result files of
 ``benchmarks/reference.sh`` / ``benchmarks/data_limited.sh`` (through the ``summary.json`` that
@@ -10,6 +11,11 @@ Nothing here is a measurement of its own: every figure is read from the result f
 for energy), ``benchmarks/pool_eval.sh`` (generative accuracies), or computed by the dry run of
 ``smartfed run --dry_run`` (router size; no weights are read). A missing input makes its row
 "not measured yet" with the command that produces it.
+
+``--metric target_loss`` judges the loss claims on the target re-run instead (the summary.json
+of ``reference_table.py --metric target_loss`` in ``DIR/target/TASK/``: the final target test
+loss, T50 / T90), and notes per claim "in-distribution verdict → target verdict" where both
+summaries exist. The data-limited protocol has no target re-run: its row stays in-distribution.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 from smartfed.bench.layout import finished_runs, is_finished
 from smartfed.bench.stats import BETTER, REFERENCE, TIE, TIE_RULE_TABLE, WORSE
 from smartfed.bench.stats import verdict as tie_verdict
-from smartfed.bench.tables import TARGET_TEXT, read_json
+from smartfed.bench.tables import GAIN_TARGET_TEXT, TARGET_TEXT, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -43,7 +49,14 @@ DATA10_PREFIX = "smartfed_data"  # data_limited.sh's folder for SmartFed on a sh
 # Knowledge-free and knowledge-reuse baselines on the same pool as `smartfed` (SmartFed variants
 # and the stronger pool's entries are not baselines of the default SmartFed).
 BASELINES = ("fedit", "merge", "mole", "lorahub", "ffa_lora", "fedsa_lora", "fedit_r1")
-TARGETS = ("T_half", "T_fedit")
+# The loss the claims are judged on (--metric) and, per metric: the folder under --results that
+# holds TASK/summary.json, the loss in words, the targets used and what a missing one needs.
+EVAL_LOSS, TARGET_LOSS = "eval_loss", "target_loss"
+SUMMARY_FOLDER = {EVAL_LOSS: "reference", TARGET_LOSS: "target"}
+LOSS_WORDS = {EVAL_LOSS: "final test eval loss", TARGET_LOSS: "final target test loss"}
+TARGETS = {EVAL_LOSS: ("T_half", "T_fedit"), TARGET_LOSS: ("T50", "T90")}
+TARGET_DEFINITIONS = {EVAL_LOSS: TARGET_TEXT, TARGET_LOSS: GAIN_TARGET_TEXT}
+TARGET_NEEDS = {EVAL_LOSS: "needs the merge folder", TARGET_LOSS: "needs a gain on FedIT's curve"}
 
 HOLDS, PARTLY, NOT = "holds", "partly holds", "does not hold"
 MISSING, CANNOT = "not measured yet", "cannot be measured on this model"
@@ -137,26 +150,40 @@ def _rel(path: Path) -> str:
 
 @dataclass
 class Sources:
-    """Where the inputs are, and the commands that produce them."""
+    """Where the inputs are, and the commands that produce them; ``metric``: the loss the
+    claims are judged on."""
 
     results: Path
+    metric: str = EVAL_LOSS
 
     @property
     def default(self) -> bool:
         return self.results.resolve() == RESULTS
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return TARGETS[self.metric]
+
+    @property
+    def loss(self) -> str:
+        return LOSS_WORDS[self.metric]
+
     def reference_dir(self, task: str) -> Path:
-        return self.results / "reference" / task
+        """The folder holding the task's bench folders and summary.json on ``metric``."""
+        return self.results / SUMMARY_FOLDER[self.metric] / task
 
     def data_limited_dir(self, task: str) -> Path:
         return self.results / "data_limited" / task
 
     def reference_commands(self, task: str, entries: list[str]) -> list[str]:
-        out = "" if self.default else f"OUT={_rel(self.results / 'reference')} "
-        results = "" if self.default else f" --results {_rel(self.results / 'reference')}"
+        folder = self.results / SUMMARY_FOLDER[self.metric]
+        on_target = self.metric != EVAL_LOSS  # reference.sh writes to reference/ by default
+        out = "" if self.default and not on_target else f"OUT={_rel(folder)} "
+        metric = f" --metric {self.metric}" if on_target else ""
+        results = "" if self.default else f" --results {_rel(folder)}"
         return [
             f"{out}benchmarks/reference.sh {task} {' '.join(entries)}",
-            f".venv/bin/python benchmarks/reference_table.py {task}{results}",
+            f".venv/bin/python benchmarks/reference_table.py {task}{metric}{results}",
         ]
 
     def data_limited_commands(self, task: str) -> list[str]:
@@ -333,7 +360,7 @@ def claim_accuracy(summary: dict | None, sources: Sources, task: str) -> Row:
     else:
         fedit, smartfed = pair
         figure.append(
-            f"final test eval loss: SmartFed {_loss(smartfed)} vs FedIT {_loss(fedit)}: "
+            f"{sources.loss}: SmartFed {_loss(smartfed)} vs FedIT {_loss(fedit)}: "
             f"{_tie(smartfed, fedit)}"
         )
         others = [e for n in BASELINES if n != FEDIT and (e := finished(summary, n))]
@@ -372,15 +399,23 @@ def _measures_row(
 
 
 def _target_measures(
-    summary: dict, fedit: dict, smartfed: dict, key: str, what: str, whole, claimed, show
+    sources: Sources,
+    summary: dict,
+    fedit: dict,
+    smartfed: dict,
+    key: str,
+    what: str,
+    whole,
+    claimed,
+    show,
 ) -> tuple[list, list[str]]:
     """One measure per target both reached-or-not figures exist for (``key``: "round" or
     "bytes" of ``to_target``), and the targets that could not be computed."""
     measures, missing = [], []
-    for name in TARGETS:
+    for name in sources.targets:
         mine, ref = smartfed["to_target"].get(name), fedit["to_target"].get(name)
         if mine is None or ref is None:
-            missing.append(f"{name} not computed (needs the merge folder)")
+            missing.append(f"{name} not computed ({TARGET_NEEDS[sources.metric]})")
             continue
         text = f"{what} to {_target_text(summary, name)}"
         measures.append(to_target(text, ref[key], mine[key], whole, claimed, show))
@@ -394,7 +429,7 @@ def claim_convergence(summary: dict | None, sources: Sources, task: str) -> Row:
         return pair
     fedit, smartfed = pair
     measures, missing = _target_measures(
-        summary, fedit, smartfed, "round", "rounds", _last_round(fedit), claimed, _rounds
+        sources, summary, fedit, smartfed, "round", "rounds", _last_round(fedit), claimed, _rounds
     )
     resolution = (
         f"resolution: evaluated rounds {_first_round(smartfed)}..{_last_round(fedit)}, so the "
@@ -402,8 +437,8 @@ def claim_convergence(summary: dict | None, sources: Sources, task: str) -> Row:
     )
     commands = sources.reference_commands(task, [])[1:]
     if not measures:
-        row = Row(claim, task, missing, sources.reference_commands(task, ["merge"]), MISSING)
-        return row
+        needed = ["merge"] if sources.metric == EVAL_LOSS else []
+        return Row(claim, task, missing, sources.reference_commands(task, needed), MISSING)
     return _measures_row(claim, task, measures, [*missing, resolution], commands)
 
 
@@ -414,7 +449,7 @@ def claim_communication(summary: dict | None, sources: Sources, task: str) -> Ro
         return pair
     fedit, smartfed = pair
     measures, missing = _target_measures(
-        summary, fedit, smartfed, "bytes", "bytes", fedit["total_bytes"], claimed, _mib
+        sources, summary, fedit, smartfed, "bytes", "bytes", fedit["total_bytes"], claimed, _mib
     )
     per_round = fedit["bytes_per_round"] / smartfed["bytes_per_round"]
     measures.append(
@@ -480,10 +515,10 @@ def claim_energy(summary: dict | None, sources: Sources, task: str) -> tuple[Row
     else:
         measures.append(Measure("energy per run: not recorded (energy_kwh null)", None))
     whole = _energy_at(fedit_runs, None)
-    for name in TARGETS:
+    for name in sources.targets:
         mine, ref = smartfed["to_target"].get(name), fedit["to_target"].get(name)
         if mine is None or ref is None:
-            notes.append(f"{name} not computed (needs the merge folder)")
+            notes.append(f"{name} not computed ({TARGET_NEEDS[sources.metric]})")
             continue
         mine_kwh = _energy_at(smartfed_runs, mine["round"]) if mine["round"] is not None else None
         ref_kwh = _energy_at(fedit_runs, ref["round"]) if ref["round"] is not None else None
@@ -560,6 +595,8 @@ def claim_data(sources: Sources, task: str) -> Row:
     full = finished(summary, SMARTFED)
     if full:
         figure.insert(1, f"SmartFed on all the data {_loss(full)}: {_tie(full, fedit)} vs FedIT")
+    if sources.metric != EVAL_LOSS:
+        figure.append("in-distribution only: the data-limited protocol has no target re-run")
     if outcome is None:
         return Row(CLAIM_DATA, task, figure, commands, f"{MISSING} (fewer than 2 seeds)")
     words = {BETTER: HOLDS, TIE: f"{NOT} (tie)", WORSE: f"{NOT} (worse)"}
@@ -574,7 +611,7 @@ def extra_pool(summary: dict | None, sources: Sources, task: str) -> Row:
         return Row(EXTRA_POOL, task, [f"no finished seed run of {', '.join(missing)}"],
                    commands, MISSING)  # fmt: skip
     figure = [
-        f"final test eval loss: SmartFed, stronger pool {_loss(v2)} vs default pool "
+        f"{sources.loss}: SmartFed, stronger pool {_loss(v2)} vs default pool "
         f"{_loss(smartfed)}: {_tie(v2, smartfed)}"
     ]
     merge, merge_v2 = finished(summary, "merge"), finished(summary, "merge_pool_v2")
@@ -607,25 +644,60 @@ def _scale(sources: Sources, fallback: str) -> str:
 # --------------------------------------------------------------------------- page
 
 
+def loss_rows(sources: Sources) -> tuple[dict[str, list[Row]], set[str]]:
+    """The rows judged on the loss of ``sources.metric`` (accuracy's loss comparison,
+    convergence, communication, energy, the stronger pool), by claim, one per task; and the
+    energy methods of the runs."""
+    summaries = {task: load_summary(sources.reference_dir(task)) for task in TASKS}
+    energy = [claim_energy(summaries[task], sources, task) for task in TASKS]
+    rows = {
+        "accuracy": [claim_accuracy(summaries[t], sources, t) for t in TASKS],
+        "convergence": [claim_convergence(summaries[t], sources, t) for t in TASKS],
+        "communication": [claim_communication(summaries[t], sources, t) for t in TASKS],
+        "energy": [row for row, _ in energy],
+        "pool": [extra_pool(summaries[t], sources, t) for t in TASKS],
+    }
+    return rows, set().union(*(used for _, used in energy))
+
+
+def _verdict_word(verdict: str) -> str:
+    """A verdict without its reasons (the text before its first colon)."""
+    return verdict.split(":")[0]
+
+
+def note_in_distribution(rows: dict[str, list[Row]], sources: Sources) -> None:
+    """Adds "in-distribution verdict → target verdict" to each target row of a task whose
+    reference summary (the in-distribution one) exists too."""
+    in_distribution = Sources(sources.results, EVAL_LOSS)
+    both = [
+        task
+        for task in TASKS
+        if all(load_summary(s.reference_dir(task)) for s in (in_distribution, sources))
+    ]
+    before, _ = loss_rows(in_distribution)
+    for claim, target_rows in rows.items():
+        for old, new in zip(before[claim], target_rows, strict=True):
+            if new.task in both:
+                new.figure.append(
+                    f"in-distribution verdict → target verdict: {_verdict_word(old.verdict)} → "
+                    f"{_verdict_word(new.verdict)}"
+                )
+
+
 def build_rows(sources: Sources, planner: Planner) -> tuple[list[Row], list[str], str]:
     """Every row, notes for the page (energy method, pool shape assumptions) and the scale of
     the runs (model, rounds, clients)."""
-    rows, notes = [], []
-    summaries = {task: load_summary(sources.reference_dir(task)) for task in TASKS}
-    rows += [claim_accuracy(summaries[t], sources, t) for t in TASKS]
-    rows += [claim_convergence(summaries[t], sources, t) for t in TASKS]
-    rows += [claim_communication(summaries[t], sources, t) for t in TASKS]
-    methods: set[str] = set()
-    for task in TASKS:
-        row, used = claim_energy(summaries[task], sources, task)
-        rows.append(row)
-        methods |= used
-    notes += [f"energy method of the runs: {m}" for m in sorted(methods)]
+    by_claim, methods = loss_rows(sources)
+    if sources.metric != EVAL_LOSS:
+        note_in_distribution(by_claim, sources)
+    rows = by_claim["accuracy"] + by_claim["convergence"] + by_claim["communication"]
+    rows += by_claim["energy"]
+    notes = [f"energy method of the runs: {m}" for m in sorted(methods)]
     router_rows, router_notes, scale = claim_router(planner)
     rows += router_rows
     notes += [f"router size on {n}" for n in router_notes]
     rows += [claim_data(sources, t) for t in DATA_LIMITED_TASKS]
-    rows += [extra_pool(summaries[t], sources, t) for t in TASKS]
+    rows += by_claim["pool"]
     return rows, notes, _scale(sources, scale)
 
 
@@ -633,42 +705,57 @@ def _cell(parts: list[str]) -> str:
     return "<br>".join(part.replace("|", "\\|") for part in parts)
 
 
-RULES = [
-    f"Tie rule (benchmarks/reference_table.py): {TIE_RULE_TABLE}.",
-    "Ratios are FedIT's figure over SmartFed's (above 1: SmartFed needs less). A factor claim "
-    "(convergence, communication, energy) **holds** at or above the paper's factor, **partly "
-    "holds** above 1, **does not hold** at or below 1 or when SmartFed never reaches a target "
-    "FedIT reaches. FedIT never reaching a target SmartFed reaches gives a lower bound (its "
-    "whole run's figure over SmartFed's). A row with several measures (two targets, bytes per "
-    "round, energy per run) takes their common verdict, or partly holds when they disagree; "
-    "a target neither method reaches, or both reach before training, says nothing.",
-    "Targets (from reference_table.py): "
-    + "; ".join(f"{name}: {TARGET_TEXT[name]}" for name in TARGETS)
-    + ". Rounds to target: the first evaluated round whose loss, averaged over the seeds, is "
-    "at or below it; bytes and energy to target: cumulative after that round (energy: the "
-    "runs' per-round cumulative `energy_kwh` in metrics.jsonl, mean over seeds).",
-    f"Accuracy: the paper's is generative (MGSM-zh for cn_math, GSM-Hard for math_code). With "
-    f"every model, the base and each pool module, at or below {FLOOR_ACCURACY:.0%} on the "
-    "items benchmarks/pool_eval.sh scores, it cannot be measured on this model; the final test "
-    "eval loss comparison stands in (SmartFed = the `smartfed` entry, SmartFed's defaults).",
-    "Router: trained parameters per client over the base model's, from the dry run (meta "
-    f"device, no weights); holds below {CLAIM_ROUTER[1]}%, per router and model.",
-    "10% of the data: SmartFed on 10% of every client's data (data_limited.sh) against FedIT "
-    "on all of it, by the tie rule: better holds; a tie or worse does not hold. Measured on "
-    f"{', '.join(DATA_LIMITED_TASKS)} only (the paper does not name the task of its figure).",
-]
+def rules(metric: str = EVAL_LOSS) -> list[str]:
+    """How each claim is judged, on ``metric``'s loss."""
+    targets = "; ".join(f"{name}: {TARGET_DEFINITIONS[metric][name]}" for name in TARGETS[metric])
+    return [
+        f"Tie rule (benchmarks/reference_table.py): {TIE_RULE_TABLE}.",
+        "Ratios are FedIT's figure over SmartFed's (above 1: SmartFed needs less). A factor claim "
+        "(convergence, communication, energy) **holds** at or above the paper's factor, **partly "
+        "holds** above 1, **does not hold** at or below 1 or when SmartFed never reaches a target "
+        "FedIT reaches. FedIT never reaching a target SmartFed reaches gives a lower bound (its "
+        "whole run's figure over SmartFed's). A row with several measures (two targets, bytes per "
+        "round, energy per run) takes their common verdict, or partly holds when they disagree; "
+        "a target neither method reaches, or both reach before training, says nothing.",
+        f"Targets (from reference_table.py): {targets}"
+        + ". Rounds to target: the first evaluated round whose loss, averaged over the seeds, is "
+        "at or below it; bytes and energy to target: cumulative after that round (energy: the "
+        "runs' per-round cumulative `energy_kwh` in metrics.jsonl, mean over seeds).",
+        f"Accuracy: the paper's is generative (MGSM-zh for cn_math, GSM-Hard for math_code). With "
+        f"every model, the base and each pool module, at or below {FLOOR_ACCURACY:.0%} on the "
+        "items benchmarks/pool_eval.sh scores, it cannot be measured on this model; the "
+        f"{LOSS_WORDS[metric]} comparison stands in (SmartFed = the `smartfed` entry, SmartFed's "
+        "defaults).",
+        "Router: trained parameters per client over the base model's, from the dry run (meta "
+        f"device, no weights); holds below {CLAIM_ROUTER[1]}%, per router and model.",
+        "10% of the data: SmartFed on 10% of every client's data (data_limited.sh) against FedIT "
+        "on all of it, by the tie rule: better holds; a tie or worse does not hold. Measured on "
+        f"{', '.join(DATA_LIMITED_TASKS)} only (the paper does not name the task of its figure).",
+    ]
 
 
-def markdown(rows: list[Row], notes: list[str], scale: str, command: str) -> str:
+# What the loss of each metric is, for "How to read this".
+LOSS_MEANING = {
+    EVAL_LOSS: "final test eval loss (mean answer-token loss on the task's held-out test split)",
+    TARGET_LOSS: "final target test loss (mean answer-token loss on the test slice of the task's "
+    "target set, its other benchmark in the training format: MGSM-zh for cn_math, GSM-Hard for "
+    "math_code)",
+}
+
+
+def markdown(
+    rows: list[Row], notes: list[str], scale: str, command: str, metric: str = EVAL_LOSS
+) -> str:
+    title = "# The paper's claims at our scale"
     lines = [
-        "# The paper's claims at our scale",
+        title if metric == EVAL_LOSS else f"{title}, on the target sets",
         "",
         f"Generated by `{command}` from the result files named in each row (do not edit; rerun "
         "it to refresh after the commands in the *reproduce* column).",
         "",
         "## How each claim is judged",
         "",
-        *[f"- {rule}" for rule in RULES],
+        *[f"- {rule}" for rule in rules(metric)],
         "",
         "## Claims",
         "",
@@ -691,7 +778,7 @@ def markdown(rows: list[Row], notes: list[str], scale: str, command: str) -> str
         "are 7B-class models trained for many rounds on GPUs; here a 135M model on a shared "
         "CPU, so a rounds ratio cannot exceed the number of evaluated rounds, and small "
         "differences fall inside the seeds' spread (the tie rule). The quality figure is the "
-        "final test eval loss (mean answer-token loss on the task's held-out test split), not "
+        f"{LOSS_MEANING[metric]}, not "
         "accuracy: at this size every model's generative accuracy is at the floor. Energy is "
         "CodeCarbon's figure as recorded by each run (see the energy method note: on this CPU "
         "it is estimated from load × TDP, machine-wide, on a machine shared with other jobs), "
@@ -710,20 +797,31 @@ def main() -> None:
         help="folder holding reference/, data_limited/ and pool_eval/ (default benchmarks/results)",
     )  # fmt: skip
     parser.add_argument(
-        "--output", type=Path, default=None, metavar="FILE", help="default DIR/claims.md"
-    )
+        "--output", type=Path, default=None, metavar="FILE",
+        help="default DIR/claims.md (with --metric target_loss DIR/target/claims.md)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metric", choices=(EVAL_LOSS, TARGET_LOSS), default=EVAL_LOSS,
+        help="the loss the claims are judged on: eval_loss (in-distribution, DIR/reference/, "
+        "default) or target_loss (the target re-run, DIR/target/)",
+    )  # fmt: skip
     args = parser.parse_args()
     if not args.results.is_dir():
         raise SystemExit(f"--results {args.results}: no such folder")
-    sources = Sources(args.results)
+    sources = Sources(args.results, args.metric)
     command = ".venv/bin/python benchmarks/claims.py"
+    if args.metric != EVAL_LOSS:
+        command += f" --metric {args.metric}"
     if not sources.default:
         command += f" --results {args.results}"
     if args.output is not None:
         command += f" --output {args.output}"
     rows, notes, scale = build_rows(sources, dry_run_plan)
-    text = markdown(rows, notes, scale, command)
-    output = args.output or args.results / "claims.md"
+    text = markdown(rows, notes, scale, command, args.metric)
+    default_output = args.results / (
+        SUMMARY_FOLDER[args.metric] if args.metric != EVAL_LOSS else ""
+    )
+    output = args.output or default_output / "claims.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
     print(text)

@@ -4,11 +4,19 @@ bytes to the loss targets the paper's claims are stated against.
 
     .venv/bin/python benchmarks/reference_table.py cn_math  # README.md, reference.png, summary.json
     .venv/bin/python benchmarks/reference_table.py cn_math --results /other/results/dir
+    .venv/bin/python benchmarks/reference_table.py cn_math --metric target_loss  # results/target
 
 Each folder is one ``smartfed bench --sweep learning_rate=... --seeds 0,1,2`` (merge: no sweep).
 Runs still in progress (no summary.json) are skipped: an entry shows how many seeds finished.
 Targets (FedIT = the ``fedit`` folder, merge = the ``merge`` folder, both mean final losses):
 T_merge = merge; T_half = merge + (FedIT - merge) / 2; T_fedit = 1.1 x FedIT.
+
+``--metric target_loss`` (default folder ``benchmarks/results/target``, the target re-run) reads
+the target set's loss instead (``final_target``, each round's ``target_loss``): the headline is
+the final target test loss with the in-distribution test loss beside it, the grid shows each
+point's target dev loss, the targets are T50 / T90 (round-0 target loss minus 50 % / 90 % of
+FedIT's best gain on its seed-mean target curve), and a second plot shows the final target test
+loss against the bytes of a round.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import itertools
 import json
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +45,81 @@ from smartfed.bench.layout import (
     tune_run_dir,
 )
 from smartfed.bench.stats import REFERENCE, TARGET_FACTOR, TIE_RULE_TABLE, mean_std, verdict
-from smartfed.bench.tables import MERGE, TARGET_NEEDS, TARGET_TEXT, mib, read_json
+from smartfed.bench.tables import (
+    GAIN_TARGET_TEXT,
+    GAIN_TARGETS,
+    MERGE,
+    TARGET_NEEDS,
+    TARGET_TEXT,
+    first_reach,
+    gain_targets,
+    mib,
+    read_json,
+)
 
-RESULTS = Path(__file__).resolve().parent / "results" / "reference"
+BENCHMARKS = Path(__file__).resolve().parent
+RESULTS = BENCHMARKS / "results" / "reference"
 TRANSFER_FILE = "transfer_loss.json"  # `smartfed eval --benchmark loss` output, per seed run
 INF = "inf"  # a ratio whose entry reached the target at round 0 (0 rounds, 0 bytes)
+# The grid column's loss per bench `--select_on` (what tuning chose on), and its words.
+CHOICE_KEY = {"validation": "validation_loss", "target": "target_dev_loss"}
+CHOICE_TEXT = {"validation": "validation loss", "target": "target dev loss"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What one ``--metric`` reads and how the page words it (the eval_loss texts are those of
+    the committed reference pages)."""
+
+    key: str  # the loss's key in metrics.jsonl rows and summary.json
+    results: Path  # the default folder holding TASK/
+    title: str
+    loss: str  # the headline loss, in the table's words
+    short: str  # the same in the plot's titles
+    grid: str  # the grid column's loss: a --select_on name of CHOICE_KEY
+    tuning: str  # how the page says each entry was tuned and tested
+    targets_from: str
+    caption: str  # under the plot
+    target_text: dict[str, str] = field(default_factory=dict)
+    # Entries of the reference run that this folder may leave out (named under the table).
+    not_rerun: tuple[str, ...] = ()
+    scatter: str | None = None  # the final-loss-vs-bytes-a-round plot's file, if any
+
+
+EVAL = Metric(
+    key="eval_loss",
+    results=RESULTS,
+    title="Reference results",
+    loss="test eval loss",
+    short="eval loss",
+    grid="validation",
+    tuning="the learning rate tuned on a validation slice of the training data (grid below, "
+    "chosen point in bold), then the chosen rate run on the test split once per seed.",
+    targets_from="Targets, from the mean final test eval losses above:",
+    caption="dashed lines are the targets; entries that train nothing (merge) are solid "
+    "horizontal lines. Eval loss: mean answer-token loss on the task's held-out test split.",
+    target_text=TARGET_TEXT,
+)
+TARGET = Metric(
+    key="target_loss",
+    results=BENCHMARKS / "results" / "target",
+    title="Target results",
+    loss="target test loss",
+    short="target loss",
+    grid="target",
+    tuning="the learning rate tuned on the target set's dev slice (`--select_on target`: grid "
+    "below with each point's final target dev loss, chosen point in bold), then the chosen rate "
+    "run once per seed, scored on the target's test slice (the headline) and on the task's own "
+    "test split (the in-distribution test loss).",
+    targets_from="Targets, from FedIT's target loss curve (mean over seeds, round 0 first):",
+    caption="dashed lines are the targets; entries that train nothing (merge) are solid "
+    "horizontal lines. Target loss: mean answer-token loss on the target set's test slice "
+    "(the task's other benchmark in its training format).",
+    target_text=GAIN_TARGET_TEXT,
+    not_rerun=("lorahub", "fedsa_lora"),
+    scatter="final_vs_bytes.png",
+)
+METRICS = {metric.key: metric for metric in (EVAL, TARGET)}
 
 
 def _point_text(point: dict[str, Any] | None) -> str:
@@ -59,13 +138,14 @@ def _point_text(point: dict[str, Any] | None) -> str:
     return ",".join(f"{name}={short(value)}" for name, value in point.items())
 
 
-def _final_loss(run: Path) -> float | None:
-    return final_loss(read_json(run / "summary.json"), initial_if_untrained=True)
+def _final_loss(run: Path, metric: str = EVAL.key) -> float | None:
+    return final_loss(read_json(run / "summary.json"), initial_if_untrained=True, metric=metric)
 
 
 def _grid_from_folders(bench_dir: Path, label: str, sweep: list[dict] | None) -> list[dict]:
     """The tuning grid of a bench whose results.json is not written yet (still running): the
-    points of bench.json's sweep, each with its final validation loss once its run finished."""
+    points of bench.json's sweep, each with its final validation loss and target dev loss (a
+    tuning run scores the target's dev slice) once its run finished, as results.json has them."""
     if not sweep or not (bench_dir / TUNE_DIR / label).is_dir():
         return []
     names = [axis["setting"] for axis in sweep]
@@ -73,8 +153,12 @@ def _grid_from_folders(bench_dir: Path, label: str, sweep: list[dict] | None) ->
     for values in itertools.product(*(axis["values"] for axis in sweep)):
         point = dict(zip(names, values, strict=True))
         run = tune_run_dir(bench_dir, label, point)
-        loss = _final_loss(run) if (run / "summary.json").is_file() else None
-        grid.append({"point": point, "validation_loss": loss})
+        done = (run / "summary.json").is_file()
+        grid.append({
+            "point": point,
+            "validation_loss": _final_loss(run) if done else None,
+            "target_dev_loss": _final_loss(run, TARGET.key) if done else None,
+        })  # fmt: skip
     return grid
 
 
@@ -106,8 +190,11 @@ def _mean_curve(curves: list[list[tuple[int, float, int]]]) -> list[dict[str, An
     return points
 
 
-def _entry(bench_dir: Path, label: str, method: str, seeds: list[int], tuning: dict) -> dict:
-    """One row: what tuning chose and the finished seed runs of one bench entry."""
+def _entry(
+    bench_dir: Path, label: str, method: str, seeds: list[int], tuning: dict, metric: Metric = EVAL
+) -> dict:
+    """One row: what tuning chose and the finished seed runs of one bench entry, on ``metric``'s
+    loss."""
     name = bench_dir.name if tuning["single"] else f"{bench_dir.name}/{label}"
     runs = finished_runs(bench_dir, label, seeds)
     started = [run_dir(bench_dir, label, seed) for seed in seeds]
@@ -127,10 +214,12 @@ def _entry(bench_dir: Path, label: str, method: str, seeds: list[int], tuning: d
         # A bench without --seeds ran once, in the entry's own folder: call that seed 0.
         "seeds": [seed_of(run) for run in runs] if seeds else [0] * len(runs),
     }
+    if metric is not EVAL:  # (the reference pages' summary.json stays as it was)
+        row["select_on"] = tuning["select_on"]
     if not runs:
         return row
     summaries = [read_json(run / "summary.json") for run in runs]
-    finals = [_final_loss(run) for run in runs]
+    finals = [_final_loss(run, metric.key) for run in runs]
     totals = [s.get("bytes_up", 0) + s.get("bytes_down", 0) for s in summaries]
     transfer = [run / TRANSFER_FILE for run in runs if (run / TRANSFER_FILE).is_file()]
     transfer_results = [read_json(path) for path in transfer]
@@ -144,17 +233,27 @@ def _entry(bench_dir: Path, label: str, method: str, seeds: list[int], tuning: d
             ),
             "total_bytes": statistics.mean(totals),
             "wall_s": statistics.mean(s.get("wall_s") or 0.0 for s in summaries),
-            "curve": _mean_curve([run_curve(run) for run in runs]),
+            "curve": _mean_curve([run_curve(run, metric.key) for run in runs]),
             "transfer_loss": mean_std([r["value"] for r in transfer_results]) if transfer else None,
             "transfer_data": sorted(
                 {f"{r.get('dataset')}/{r.get('split')}" for r in transfer_results}
             ),
         }
     )
+    if metric is not EVAL:
+        row["in_distribution_loss"] = mean_std([_final_loss(run) for run in runs])
+        row["target_set"] = sorted(
+            {_target_set_text(s["target"]) for s in summaries if s.get("target")}
+        )
     return row
 
 
-def load_entries(task_dir: Path) -> list[dict]:
+def _target_set_text(target: dict[str, Any]) -> str:
+    """A run summary's target set: ``data, split slice, N items``."""
+    return f"{target.get('data')}, {target.get('split')} slice, {target.get('samples')} items"
+
+
+def load_entries(task_dir: Path, metric: Metric = EVAL) -> list[dict]:
     """Every entry of every bench folder under task_dir, finished seeds or not."""
     entries = []
     for bench_dir in sorted(p for p in task_dir.iterdir() if p.is_dir()):
@@ -163,6 +262,7 @@ def load_entries(task_dir: Path) -> list[dict]:
             results = read_json(results_path)
             methods = results.get("methods") or {}
             seeds = results.get("seeds") or []
+            select_on = results.get("select_on")
             labels = {label: m.get("method", label) for label, m in methods.items()}
             tunings = {
                 label: {"grid": m.get("grid") or [] if m.get("tuned") else [],
@@ -172,6 +272,7 @@ def load_entries(task_dir: Path) -> list[dict]:
         elif bench_path.is_file():  # still running: bench.json and the finished tuning runs
             bench = read_json(bench_path)
             seeds = bench.get("seeds") or []
+            select_on = bench.get("select_on")
             labels = {e["label"]: e.get("method", e["label"]) for e in bench.get("entries", [])}
             sweep = bench.get("sweep")
             tunings = {
@@ -181,19 +282,26 @@ def load_entries(task_dir: Path) -> list[dict]:
         else:
             continue
         for label, method in labels.items():
-            tuning = {**tunings[label], "single": len(labels) == 1}
-            entries.append(_entry(bench_dir, label, method, seeds, tuning))
+            # What tuning chose on (a bench from before --select_on: the validation loss).
+            tuned = bool(tunings[label]["grid"])
+            tuning = {**tunings[label], "single": len(labels) == 1,
+                      "select_on": (select_on or "validation") if tuned else None}  # fmt: skip
+            entries.append(_entry(bench_dir, label, method, seeds, tuning, metric))
     return entries
 
 
 def reach(curve: list[dict], target: float) -> dict[str, Any] | None:
     """Round and cumulative bytes of the first evaluated round whose seed-mean loss is at or
     below target (round 0: the initial evaluation, 0 bytes); None if never."""
-    for point in curve:
-        # A hair of tolerance: merge reaches T_merge, its own mean, through other float sums.
-        if point["mean"] <= target + 1e-12 * abs(target):
-            return {"round": point["round"], "bytes": point["bytes"]}
-    return None
+    # A hair of tolerance: merge reaches T_merge, its own mean, through other float sums.
+    found = first_reach(_points(curve), target + 1e-12 * abs(target))
+    return found and {"round": found[0], "bytes": found[1]}
+
+
+def _points(curve: list[dict]) -> list[tuple[int, float, float]]:
+    """A seed-mean curve as (round, mean loss, mean cumulative bytes), the shape
+    :mod:`smartfed.bench.tables` reads."""
+    return [(point["round"], point["mean"], point["bytes"]) for point in curve]
 
 
 def _ratio(reference: float | None, value: float | None) -> float | str | None:
@@ -206,8 +314,13 @@ def _ratio(reference: float | None, value: float | None) -> float | str | None:
     return reference / value
 
 
-def targets(entries: list[dict]) -> tuple[dict[str, float | None], list[str]]:
-    """The three targets (None where merge or FedIT has no finished seed) and why any is None."""
+def targets(
+    entries: list[dict], metric: Metric = EVAL
+) -> tuple[dict[str, float | None], list[str]]:
+    """The metric's targets (None where an entry they need has no finished seed) and why any is
+    None: T_merge, T_half, T_fedit on the eval loss; T50, T90 on the target loss."""
+    if metric is not EVAL:
+        return gain_targets_of(next((e for e in entries if e["name"] == REFERENCE), None))
     means = {e["name"]: e["final_loss"]["mean"] for e in entries if "final_loss" in e}
     merge, fedit = means.get(MERGE), means.get(REFERENCE)
     values = {
@@ -224,10 +337,23 @@ def targets(entries: list[dict]) -> tuple[dict[str, float | None], list[str]]:
     return values, missing
 
 
-def summarise(entries: list[dict]) -> dict[str, Any]:
+def gain_targets_of(reference: dict | None) -> tuple[dict[str, float | None], list[str]]:
+    """T50 and T90 of FedIT's seed-mean curve (:func:`smartfed.bench.tables.gain_targets`), and
+    why they are None when they are."""
+    if reference is None:
+        why = f"the `{REFERENCE}` folder (no finished seed run there)"
+    else:
+        values = gain_targets(_points(reference["curve"]))
+        if values is not None:
+            return values, []
+        why = "a round 0 and a gain on FedIT's curve (its seed-mean loss never falls below it)"
+    return dict.fromkeys(GAIN_TARGETS), [f"{' and '.join(GAIN_TARGETS)} need {why}: not computed"]
+
+
+def summarise(entries: list[dict], metric: Metric = EVAL) -> dict[str, Any]:
     """Verdicts, rounds and bytes to each target and the ratios against FedIT, per entry."""
     finished = [e for e in entries if "final_loss" in e]
-    target_values, missing = targets(finished)
+    target_values, missing = targets(finished, metric)
     reference = next((e for e in finished if e["name"] == REFERENCE), None)
     for entry in finished:
         if entry is reference:
@@ -263,52 +389,86 @@ def _ratio_text(value: float | str | None) -> str:
     return "∞" if value == INF else f"{value:.2f}"
 
 
-def _grid_text(entry: dict) -> str:
+def _grid_text(entry: dict, key: str = CHOICE_KEY[EVAL.grid]) -> str:
+    """The grid's points with their ``key`` loss, the chosen one in bold."""
     if not entry["grid"]:
         return "untuned"
     cells = []
     for row in entry["grid"]:
-        loss = row["validation_loss"]
+        loss = row.get(key)
         cell = f"{_point_text(row['point'])}: {'…' if loss is None else f'{loss:.3f}'}"
         cells.append(f"**{cell}**" if row["point"] == entry["chosen"] else cell)
     return ", ".join(cells)
 
 
-def markdown(task: str, command: str, entries: list[dict], summary: dict[str, Any]) -> str:
+def _finished(entries: list[dict]) -> list[dict]:
+    """The entries with a finished seed run, lowest mean final loss first (no figure: last)."""
     finished = [e for e in entries if "final_loss" in e]
-    finished.sort(key=lambda e: e["final_loss"]["mean"])
+    mean = lambda e: e["final_loss"]["mean"]  # noqa: E731
+    return sorted(finished, key=lambda e: (mean(e) is None, mean(e) or 0.0))
+
+
+def _grid_header(metric: Metric, finished: list[dict]) -> str:
+    """The grid column's title: its loss and, where they differ from it, what tuning chose on."""
+    shown = CHOICE_TEXT[metric.grid]
+    if metric is EVAL:
+        return f"grid ({shown})"
+    other = {}
+    for e in finished:
+        if e["select_on"] not in (None, metric.grid):
+            other.setdefault(CHOICE_TEXT.get(e["select_on"], e["select_on"]), []).append(e["name"])
+    if not other:
+        return f"grid ({shown}, the choice criterion)"
+    elsewhere = "; ".join(
+        f"{', '.join(names)} chosen on the {what}" for what, names in other.items()
+    )
+    return f"grid ({shown}; {elsewhere})"
+
+
+def markdown(
+    task: str, command: str, entries: list[dict], summary: dict[str, Any], metric: Metric = EVAL
+) -> str:
+    finished = _finished(entries)
     waiting = [e for e in entries if "final_loss" not in e]
     transfer = any(e.get("transfer_loss") for e in finished)
+    grid_key = CHOICE_KEY[metric.grid]
     lines = [
-        f"# Reference results: {task}",
+        f"# {metric.title}: {task}",
         "",
         f"Generated by `{command}` from the bench folders beside this file (do not edit; rerun "
         "it to refresh). Each folder is one `smartfed bench` (its command line heads the "
-        "folder's `results.md`): the learning rate tuned on a validation slice of the training "
-        "data (grid below, chosen point in bold), then the chosen rate run on the test split "
-        "once per seed.",
+        f"folder's `results.md`): {metric.tuning}",
         "",
-        "## Final test eval loss",
+    ]
+    target_sets = sorted({t for e in finished for t in e.get("target_set", [])})
+    if target_sets:
+        lines += [f"Target set: {'; '.join(target_sets)}.", ""]
+    lines += [
+        f"## Final {metric.loss}",
         "",
         "Mean ± sample standard deviation over the finished seeds (n = finished / planned). "
         f"Verdict against FedIT: {TIE_RULE_TABLE}. Bytes are up + down, mean over seeds; wall "
         "time is the mean per test run.",
         "",
     ]
-    header = ["entry", "method", "chosen lr", "grid (validation loss)", "seeds n",
-              "final test eval loss", "vs fedit", "MiB / round", "MiB total",
-              "wall s / run"]  # fmt: skip
+    header = ["entry", "method", "chosen lr", _grid_header(metric, finished), "seeds n",
+              f"final {metric.loss}", "vs fedit"]  # fmt: skip
+    if metric is not EVAL:
+        header.append("in-distribution test loss")
+    header += ["MiB / round", "MiB total", "wall s / run"]
     if transfer:
         data = sorted({d for e in finished for d in e.get("transfer_data", [])})
         header.append(f"transfer loss ({', '.join(data)})")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in finished:
         cells = [
-            e["name"], e["method"], _point_text(e["chosen"]), _grid_text(e),
+            e["name"], e["method"], _point_text(e["chosen"]), _grid_text(e, grid_key),
             f"{e['final_loss']['n']}/{e['seeds_planned'] or 1}", _pm(e["final_loss"]),
-            e["vs_fedit"] or "–", mib(e["bytes_per_round"]), mib(e["total_bytes"]),
-            f"{e['wall_s']:.0f}",
+            e["vs_fedit"] or "–",
         ]  # fmt: skip
+        if metric is not EVAL:
+            cells.append(_pm(e["in_distribution_loss"]))
+        cells += [mib(e["bytes_per_round"]), mib(e["total_bytes"]), f"{e['wall_s']:.0f}"]
         if transfer:
             cells.append(_pm(e.get("transfer_loss")))
         lines.append("| " + " | ".join(cells) + " |")
@@ -321,18 +481,25 @@ def markdown(task: str, command: str, entries: list[dict], summary: dict[str, An
         ]
     if waiting:
         lines += ["", "No finished test run yet (tuning or the first seed still running):"]
-        lines += [f"- {e['name']} ({e['method']}): grid {_grid_text(e)}" for e in waiting]
+        lines += [f"- {e['name']} ({e['method']}): grid {_grid_text(e, grid_key)}" for e in waiting]
+    folders = {e["folder"] for e in entries}
+    not_rerun = [name for name in metric.not_rerun if name not in folders]
+    if not_rerun:
+        lines += [
+            "",
+            f"Not re-run: {', '.join(not_rerun)} (no folder here; their in-distribution results "
+            "are in `benchmarks/results/reference/`).",
+        ]
     lines += [
         "",
         "## Rounds and bytes to target",
         "",
-        "The paper states its claims as figures to reach a target loss. Targets, from the mean "
-        "final test eval losses above:",
+        f"The paper states its claims as figures to reach a target loss. {metric.targets_from}",
         "",
     ]
     for name, value in summary["targets"].items():
         shown = f"{value:.4f}" if value is not None else "not computed"
-        lines.append(f"- **{name}** = {shown}: {TARGET_TEXT[name]}.")
+        lines.append(f"- **{name}** = {shown}: {metric.target_text[name]}.")
     lines += [f"- {text}." for text in summary["missing_targets"]]
     lines += [
         "",
@@ -367,7 +534,7 @@ def markdown(task: str, command: str, entries: list[dict], summary: dict[str, An
         lines.append("")
     seeds = sorted({s for e in finished for s in e["per_seed"]})
     lines += [
-        "## Final test eval loss per seed",
+        f"## Final {metric.loss} per seed",
         "",
         "| entry | " + " | ".join(f"seed {s}" for s in seeds) + " |",
         "|---|" + "---|" * len(seeds),
@@ -377,25 +544,41 @@ def markdown(task: str, command: str, entries: list[dict], summary: dict[str, An
         lines.append(f"| {e['name']} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "![eval loss per round and per MiB](reference.png)",
+        f"![{metric.short} per round and per MiB](reference.png)",
         "",
-        "Plot: test eval loss, mean over seeds with the sample standard deviation as error bars, "
+        f"Plot: {metric.loss}, mean over seeds with the sample standard deviation as error bars, "
         "per round and per cumulative MiB (log scale: round 0, 0 bytes, is left out there); "
-        "dashed lines are the targets; entries that train nothing (merge) are solid "
-        "horizontal lines. Eval loss: mean answer-token loss on the task's held-out test split.",
+        f"{metric.caption}",
         "",
     ]
+    if metric.scatter:
+        lines += [
+            f"![final {metric.loss} per MiB a round]({metric.scatter})",
+            "",
+            f"Plot: final {metric.loss} (mean ± std over seeds, as in the first table) against "
+            "the MiB an entry sends a round (log scale), one point per entry; entries that send "
+            "nothing are solid horizontal lines.",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def plot(task: str, entries: list[dict], summary: dict[str, Any], path: Path) -> None:
+# The targets' lines in the plots.
+STYLES = {"T_merge": "gray", "T_half": "tab:gray", "T_fedit": "dimgray", "T50": "gray",
+          "T90": "dimgray"}  # fmt: skip
+DASHES = {"T_merge": (0, (5, 3)), "T_half": (0, (2, 2)), "T_fedit": (0, (8, 2, 2, 2)),
+          "T50": (0, (5, 3)), "T90": (0, (8, 2, 2, 2))}  # fmt: skip
+
+
+def plot(
+    task: str, entries: list[dict], summary: dict[str, Any], path: Path, metric: Metric = EVAL
+) -> None:
     figure, (per_round, per_mib) = plt.subplots(1, 2, figsize=(13, 5))
-    finished = sorted(
-        (e for e in entries if "final_loss" in e), key=lambda e: e["final_loss"]["mean"]
-    )
-    for e in finished:  # legend in the table's order
+    for e in _finished(entries):  # legend in the table's order
         curve = e["curve"]
         if not any(p["round"] > 0 for p in curve):  # sends nothing: one level, no x extent
+            if e["final_loss"]["mean"] is None:
+                continue
             for axis in (per_round, per_mib):
                 axis.axhline(e["final_loss"]["mean"], color="black", linewidth=1.2,
                              label=f"{e['name']} (sends nothing)")  # fmt: skip
@@ -411,24 +594,49 @@ def plot(task: str, entries: list[dict], summary: dict[str, Any], path: Path) ->
             yerr=[err for _, err in sent], marker="o", markersize=3, capsize=3,
             color=line[0].get_color(),
         )  # fmt: skip
-    styles = {"T_merge": "gray", "T_half": "tab:gray", "T_fedit": "dimgray"}
-    dashes = {"T_merge": (0, (5, 3)), "T_half": (0, (2, 2)), "T_fedit": (0, (8, 2, 2, 2))}
     for name, value in summary["targets"].items():
         if value is None:
             continue
         for axis in (per_round, per_mib):
-            axis.axhline(value, color=styles[name], linestyle=dashes[name], linewidth=1,
+            axis.axhline(value, color=STYLES[name], linestyle=DASHES[name], linewidth=1,
                          label=f"{name} = {value:.3f}" if axis is per_round else None)  # fmt: skip
     per_mib.set_xscale("log")
     per_round.xaxis.set_major_locator(MaxNLocator(integer=True))
     per_round.set_xlabel("round")
     per_mib.set_xlabel("cumulative MiB (up + down)")
     for axis in (per_round, per_mib):
-        axis.set_ylabel("test eval loss (mean ± std over seeds)")
+        axis.set_ylabel(f"{metric.loss} (mean ± std over seeds)")
         axis.grid(alpha=0.3)
-    per_round.set_title(f"{task}: eval loss per round")
-    per_mib.set_title(f"{task}: eval loss per traffic")
+    per_round.set_title(f"{task}: {metric.short} per round")
+    per_mib.set_title(f"{task}: {metric.short} per traffic")
     per_round.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_final_vs_bytes(task: str, entries: list[dict], path: Path, metric: Metric) -> None:
+    """Final loss (mean ± std over seeds) against the MiB of a round, one point per entry."""
+    figure, axis = plt.subplots(figsize=(7, 5))
+    for e in _finished(entries):
+        loss = e["final_loss"]
+        if loss["mean"] is None:
+            continue
+        if e["bytes_per_round"] <= 0:  # no place on a log axis: a level
+            axis.axhline(loss["mean"], color="black", linewidth=1.2,
+                         label=f"{e['name']} (sends nothing)")  # fmt: skip
+            continue
+        x = e["bytes_per_round"] / 2**20
+        axis.errorbar([x], [loss["mean"]], yerr=[loss["std"] or 0], marker="o", capsize=3,
+                      label=f"{e['name']} (n={loss['n']})")  # fmt: skip
+        axis.annotate(e["name"], (x, loss["mean"]), textcoords="offset points", xytext=(4, 4),
+                      fontsize=7)  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_xlabel("MiB a round (up + down, mean over seeds)")
+    axis.set_ylabel(f"final {metric.loss} (mean ± std over seeds)")
+    axis.set_title(f"{task}: final {metric.short} per traffic a round")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -439,27 +647,39 @@ def _json_ready(entry: dict) -> dict:
 
 
 def write_outputs(
-    task: str, task_dir: Path, command: str, out_dir: Path | None = None, *, with_plot: bool = True
+    task: str,
+    task_dir: Path,
+    command: str,
+    out_dir: Path | None = None,
+    *,
+    with_plot: bool = True,
+    metric: str = EVAL.key,
 ) -> str:
-    """README.md, reference.png (unless ``with_plot`` is off) and summary.json in ``out_dir``
-    (default task_dir); returns the markdown."""
+    """README.md, reference.png (and the metric's scatter plot; unless ``with_plot`` is off)
+    and summary.json in ``out_dir`` (default task_dir), on ``metric``'s loss (``eval_loss`` or
+    ``target_loss``); returns the markdown."""
+    spec = METRICS[metric]
     if not task_dir.is_dir():
         raise SystemExit(f"{task_dir}: no such folder (benchmarks/reference.sh {task} fills it)")
     out_dir = task_dir if out_dir is None else out_dir
-    entries = load_entries(task_dir)
+    entries = load_entries(task_dir, spec)
     if not any("final_loss" in e for e in entries):
         raise SystemExit(f"{task_dir}: no finished seed run in any bench folder yet")
-    summary = summarise(entries)
-    text = markdown(task, command, entries, summary)
+    summary = summarise(entries, spec)
+    text = markdown(task, command, entries, summary, spec)
     (out_dir / "README.md").write_text(text, encoding="utf-8")
     if with_plot:
-        plot(task, entries, summary, out_dir / "reference.png")
+        plot(task, entries, summary, out_dir / "reference.png", spec)
+        if spec.scatter:
+            plot_final_vs_bytes(task, entries, out_dir / spec.scatter, spec)
     record = {
         "task": task,
+        # The reference pages predate --metric: their summary.json stays as it was.
+        **({} if spec is EVAL else {"metric": spec.key}),
         "generated_by": command,
         "tie_rule": TIE_RULE_TABLE,
         "targets": summary["targets"],
-        "target_definitions": TARGET_TEXT,
+        "target_definitions": spec.target_text,
         "missing_targets": summary["missing_targets"],
         "ratios": "FedIT's figure / the entry's; null: either did not reach the target; "
         f'"{INF}": the entry reached it at round 0 and FedIT did not',
@@ -469,10 +689,12 @@ def write_outputs(
     return text
 
 
-def command_line(task: str, results: Path) -> str:
+def command_line(task: str, results: Path, metric: str = EVAL.key) -> str:
     """How the page names the command that generated it (a relative --results as given)."""
     command = f".venv/bin/python benchmarks/reference_table.py {task}"
-    if results.resolve() != RESULTS:
+    if metric != EVAL.key:
+        command += f" --metric {metric}"
+    if results.resolve() != METRICS[metric].results:
         command += f" --results {results}"
     return command
 
@@ -481,11 +703,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", help="task folder under the results folder, e.g. cn_math")
     parser.add_argument(
-        "--results", type=Path, default=RESULTS, metavar="DIR",
-        help="folder holding TASK/ (default benchmarks/results/reference)",
+        "--results", type=Path, default=None, metavar="DIR",
+        help="folder holding TASK/ (default benchmarks/results/reference; with --metric "
+        "target_loss benchmarks/results/target)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metric", choices=list(METRICS), default=EVAL.key,
+        help="eval_loss: the in-distribution test loss (default); target_loss: the target "
+        "set's test loss, with T50 / T90 on FedIT's target curve",
     )  # fmt: skip
     args = parser.parse_args()
-    print(write_outputs(args.task, args.results / args.task, command_line(args.task, args.results)))
+    results = args.results if args.results is not None else METRICS[args.metric].results
+    command = command_line(args.task, results, args.metric)
+    print(write_outputs(args.task, results / args.task, command, metric=args.metric))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,14 @@ def claims() -> ModuleType:
     return import_benchmark("claims")
 
 
-def _run(run: Path, losses: list[float], up_down: tuple[int, int], kwh: float | None) -> None:
+def _run(
+    run: Path,
+    losses: list[float],
+    up_down: tuple[int, int],
+    kwh: float | None,
+    target: list[float] | None = None,
+) -> None:
+    """One seed run; ``target``: its target loss per round too (round 0 first)."""
     run.mkdir(parents=True)
     rounds = len(losses) - 1
     rows = [
@@ -47,6 +54,8 @@ def _run(run: Path, losses: list[float], up_down: tuple[int, int], kwh: float | 
          "energy_kwh": None if kwh is None else kwh * r}
         for r, loss in enumerate(losses[1:], start=1)
     ]  # fmt: skip
+    for row, loss in zip(rows, (target or [])[1:], strict=False):
+        row["target_loss"] = loss
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     summary = {
         "rounds": rounds,
@@ -58,23 +67,31 @@ def _run(run: Path, losses: list[float], up_down: tuple[int, int], kwh: float | 
         "energy_kwh": None if kwh is None else kwh * rounds,
         "energy_method": METHOD,
     }
+    if target:
+        summary["initial_eval"]["target_loss"] = target[0]
+        summary["final_target"] = {"round": rounds, "target_loss": target[-1]}
     (run / "summary.json").write_text(json.dumps(summary))
     config = {"model_name_or_path": "tiny-model", "num_rounds": rounds, "num_clients": 8,
               "sample_clients": 2, "device": "cpu", "method_settings": {}}  # fmt: skip
     (run / "config.json").write_text(json.dumps(config))
 
 
-def _bench(task_dir: Path, folder: str, labels: dict[str, tuple]) -> None:
-    """One bench folder, untuned, seeds 0-2, one entry per label."""
+def _bench(
+    task_dir: Path, folder: str, labels: dict[str, tuple], targets: dict | None = None
+) -> None:
+    """One bench folder, untuned, seeds 0-2, one entry per label (``targets``: per label, the
+    target loss per round, which the runs score too)."""
     bench = task_dir / folder
     bench.mkdir(parents=True)
     methods = {label: {"method": label.split("_data")[0], "tuned": False} for label in labels}
     results = {"seeds": [0, 1, 2], "methods": methods}
     (bench / "results.json").write_text(json.dumps(results))
     for label, (curve, up_down, kwh) in labels.items():
+        target = (targets or {}).get(label)
         for seed, delta in enumerate(NOISE):
             losses = [loss + delta for loss in curve]
-            _run(bench / label / f"seed{seed}", losses, up_down, kwh)
+            shifted = [loss + delta for loss in target] if target else None
+            _run(bench / label / f"seed{seed}", losses, up_down, kwh, shifted)
 
 
 def _reference(results: Path, task: str, entries: dict[str, tuple]) -> None:
@@ -264,3 +281,79 @@ def test_mean_energy_reads_per_round_rows(claims, tmp_path):
     assert claims._energy_at(runs, 1) == pytest.approx(statistics.mean([1e-3, 3e-3]))
     assert claims._energy_at(runs, None) == pytest.approx(statistics.mean([2e-3, 6e-3]))
     assert claims._energy_at(runs, 0) == 0.0
+
+
+# The target re-run of cn_math (per entry: target loss per round, round 0 first); the runs are
+# those of CN_MATH otherwise (bytes, energy). FedIT gains 1.0 on its curve: T50 = 1.5, T90 =
+# 1.1, both first reached in round 4; SmartFed reaches both in round 2: 2x, where the
+# in-distribution curves give 4x.
+CN_MATH_TARGET = {
+    "fedit": [2.0, 1.9, 1.8, 1.7, 1.0],
+    "smartfed": [2.0, 1.6, 1.05, 0.95, 0.9],
+    "merge": [1.95],
+}
+
+
+def _target(results: Path, task: str, entries: dict[str, tuple], targets: dict) -> None:
+    table = import_benchmark("reference_table")
+    for name in targets:
+        _bench(results / "target" / task, name, {name: entries[name]}, targets)
+    table.write_outputs(task, results / "target" / task, "cmd", metric="target_loss")
+
+
+def test_target_metric(claims, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    _reference(results, "cn_math", CN_MATH)
+    _reference(results, "math_code", MATH_CODE)
+    _target(results, "cn_math", CN_MATH, CN_MATH_TARGET)  # math_code not re-run yet
+    _pool_eval(results)
+    _data_limited(results, data10_final=0.95)
+    rows, _, _ = claims.build_rows(claims.Sources(results, "target_loss"), _planner(claims))
+
+    fedit, smartfed = CN_MATH_TARGET["fedit"], CN_MATH_TARGET["smartfed"]
+    start = fedit[0]
+    targets = {"T50": start - 0.5 * (start - min(fedit)), "T90": start - 0.9 * (start - min(fedit))}
+    row = _row(rows, "faster convergence", "cn_math")
+    for name, target in targets.items():
+        ref, mine = _first(fedit, target), _first(smartfed, target)
+        assert (ref, mine) == (4, 2)
+        line = next(f for f in row.figure if f.startswith(f"rounds to {name} = {target:.4f}"))
+        assert line.endswith(f"= {ref / mine:.2f}×")
+    assert row.verdict == claims.PARTLY  # 2x: above 1, below 3.95
+    assert "in-distribution verdict → target verdict: holds → partly holds" in row.figure
+    # Bytes: FedIT 4 rounds x 1000 / SmartFed 2 x 10 = 200x; per round 100x: holds.
+    row = _row(rows, "lower communication", "cn_math")
+    assert row.verdict == claims.HOLDS
+    assert any(f.startswith("bytes to T50") and f.endswith("= 200.00×") for f in row.figure)
+    assert "in-distribution verdict → target verdict: holds → holds" in row.figure
+    accuracy = "\n".join(_row(rows, "10.21%", "cn_math").figure)
+    assert "final target test loss: SmartFed 0.9000 ± 0.0100 (n=3) vs FedIT 1.0000 ± " in accuracy
+    assert "in-distribution verdict → target verdict: cannot be measured on this model → " in (
+        accuracy
+    )
+
+    # math_code has no target summary: not measured, the target re-run's commands, no arrow.
+    for claim in ("convergence", "communication", "energy"):
+        row = _row(rows, claim, "math_code")
+        assert row.verdict == claims.MISSING
+        assert not any("→" in f for f in row.figure)
+    assert _row(rows, "faster convergence", "math_code").commands == [
+        f"OUT={results / 'target'} benchmarks/reference.sh math_code fedit smartfed",
+        ".venv/bin/python benchmarks/reference_table.py math_code --metric target_loss "
+        f"--results {results / 'target'}",
+    ]
+    # The data-limited protocol has no target re-run: judged in-distribution, and said so.
+    row = _row(rows, "10% of the training data", "cn_math")
+    assert row.verdict == claims.HOLDS and "no target re-run" in row.figure[-1]
+
+    # The page: its own file beside the target folders; the in-distribution page untouched.
+    monkeypatch.setattr(claims, "dry_run_plan", _planner(claims))
+    monkeypatch.setattr(sys, "argv", ["claims.py", "--results", str(results), "--metric",
+                                      "target_loss"])  # fmt: skip
+    claims.main()
+    text = (results / "target" / "claims.md").read_text()
+    assert capsys.readouterr().out == text + "\n" and not (results / "claims.md").exists()
+    assert text.startswith("# The paper's claims at our scale, on the target sets")
+    assert f"claims.py --metric target_loss --results {results}`" in text
+    assert "T50: round-0 target loss minus 50 %" in text and "T_half" not in text
+    assert "The quality figure is the final target test loss" in text

@@ -1,7 +1,8 @@
 """benchmarks/reference_table.py: means and spreads over seeds, the tie verdict, the three loss
 targets with rounds and bytes to each and the ratios against FedIT, a bench still running, a
-missing merge folder and an empty results folder, on hand-written bench folders. Every expected
-figure is computed here from the fake inputs, independently of the script."""
+missing merge folder and an empty results folder, on hand-written bench folders; and the same
+on the target set's loss (``--metric target_loss``: T50 / T90 on FedIT's target curve). Every
+expected figure is computed here from the fake inputs, independently of the script."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ MERGE = {0: [2.2], 1: [2.2], 2: [2.2]}  # trains nothing: its one evaluation
 UP_DOWN = {"fedit": (600, 400), "smartfed": (6, 4), "merge": (0, 0)}  # bytes per round
 GRID = [0.0005, 0.002, 0.01]
 VALIDATION = [0.7, 0.5, 0.9]  # 2e-3 chosen
+# The target re-run: seed -> target loss per round (round 0 first), and the grid's final target
+# dev losses (2e-3 chosen there too).
+FEDIT_T = {0: [2.0, 1.2, 0.90, 0.80], 1: [2.0, 1.4, 1.00, 0.86], 2: [2.0, 1.0, 0.95, 0.83]}
+ROUTER_T = {0: [2.1, 1.3, 0.90, 0.85], 1: [2.1, 1.5, 1.00, 0.90], 2: [2.1, 1.35, 0.80, 0.84]}
+MERGE_T = {0: [1.9], 1: [1.9], 2: [1.9]}
+TARGET_DEV = [0.8, 0.6, 1.1]
+TARGETS = {"fedit": FEDIT_T, "smartfed": ROUTER_T, "merge": MERGE_T}
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +39,23 @@ def table() -> ModuleType:
     return import_benchmark("reference_table")
 
 
-def _run(run: Path, losses: list[float], up: int, down: int, lr: float | None = None) -> None:
+def _run(
+    run: Path,
+    losses: list[float],
+    up: int,
+    down: int,
+    lr: float | None = None,
+    target: list[float] | None = None,
+) -> None:
+    """One finished run; ``target``: its target loss per round (round 0 first), scored every
+    round as a test run does."""
     run.mkdir(parents=True)
     rows = [
         {"round": r, "eval_loss": loss, "bytes_up": up, "bytes_down": down}
         for r, loss in enumerate(losses[1:], start=1)
     ]
+    for row, loss in zip(rows, (target or [])[1:], strict=False):
+        row["target_loss"] = loss
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     rounds = len(losses) - 1
     summary = {
@@ -47,17 +66,31 @@ def _run(run: Path, losses: list[float], up: int, down: int, lr: float | None = 
         "initial_eval": {"eval_loss": losses[0]},
         "final_eval": {"round": rounds, "eval_loss": losses[-1]},
     }
+    if target:
+        summary["initial_eval"]["target_loss"] = target[0]
+        if rounds:  # merge trains nothing: no final evaluation of either loss
+            summary["final_target"] = {"round": rounds, "target_loss": target[-1]}
+        summary["target"] = {"data": "mgsm_zh_math23k", "split": "test", "samples": 128}
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.json").write_text(json.dumps({"method_settings": {"learning_rate": lr}}))
 
 
-def _bench(task: Path, label: str, per_seed: dict[int, list[float]], tuned: bool = True) -> None:
+def _bench(
+    task: Path,
+    label: str,
+    per_seed: dict[int, list[float]],
+    tuned: bool = True,
+    on_target: bool = False,
+) -> None:
+    """A finished bench; ``on_target``: the target re-run's (--select_on target, every run
+    scoring the target set too)."""
     folder = task / label
     folder.mkdir(parents=True)
     grid = [
-        {"point": {"learning_rate": lr}, "validation_loss": loss, "run_dir": f"tune/{label}/x"}
-        for lr, loss in zip(GRID, VALIDATION, strict=True)
-    ]
+        {"point": {"learning_rate": lr}, "validation_loss": loss, "target_dev_loss": dev,
+         "run_dir": f"tune/{label}/x"}
+        for lr, loss, dev in zip(GRID, VALIDATION, TARGET_DEV, strict=True)
+    ]  # fmt: skip
     method = {
         "method": label,
         "tuned": tuned,
@@ -65,12 +98,16 @@ def _bench(task: Path, label: str, per_seed: dict[int, list[float]], tuned: bool
         "chosen": {"learning_rate": GRID[1]} if tuned else None,
     }
     results = {"seeds": sorted(per_seed), "methods": {label: method}}
+    if on_target:
+        results["select_on"] = "target" if tuned else None
     (folder / "results.json").write_text(json.dumps(results))
     for seed, losses in per_seed.items():
-        _run(folder / label / f"seed{seed}", losses, *UP_DOWN[label], GRID[1] if tuned else None)
+        target = TARGETS[label][seed] if on_target else None
+        lr = GRID[1] if tuned else None
+        _run(folder / label / f"seed{seed}", losses, *UP_DOWN[label], lr, target)
 
 
-def _running_bench(task: Path) -> None:
+def _running_bench(task: Path, on_target: bool = False) -> None:
     """mole, mid-run: no results.json, one grid point and seed 1 unfinished."""
     folder = task / "mole"
     folder.mkdir(parents=True)
@@ -79,22 +116,29 @@ def _running_bench(task: Path) -> None:
         "sweep": [{"setting": "learning_rate", "values": [0.01, 0.05, 0.2]}],
         "seeds": [0, 1, 2],
     }
+    if on_target:
+        bench["select_on"] = "target"
     (folder / "bench.json").write_text(json.dumps(bench))
-    for lr, loss in ((0.01, 1.9), (0.05, 1.7)):
-        _run(folder / "tune" / "mole" / f"learning_rate={lr}", [2.0, loss], 1, 1, lr)
+    # (lr, final validation loss, final target dev loss)
+    for lr, loss, dev in ((0.01, 1.9, 1.65), (0.05, 1.7, 1.55)):
+        target = [2.0, dev] if on_target else None
+        _run(folder / "tune" / "mole" / f"learning_rate={lr}", [2.0, loss], 1, 1, lr, target)
     (folder / "tune" / "mole" / "learning_rate=0.2").mkdir()
-    _run(folder / "mole" / "seed0", [2.0, 1.8], 1, 1, 0.05)
-    _run(folder / "mole" / "seed1", [2.0, 1.5], 1, 1, 0.05)
+    _run(folder / "mole" / "seed0", [2.0, 1.8], 1, 1, 0.05, MOLE_T if on_target else None)
+    _run(folder / "mole" / "seed1", [2.0, 1.5], 1, 1, 0.05, [2.0, 1.1] if on_target else None)
     (folder / "mole" / "seed1" / "summary.json").unlink()  # still running
 
 
-def _task(root: Path, merge: bool = True) -> Path:
+MOLE_T = [2.0, 1.3]  # mole's finished seed on the target set
+
+
+def _task(root: Path, merge: bool = True, on_target: bool = False) -> Path:
     task = root / "task"
-    _bench(task, "fedit", FEDIT)
-    _bench(task, "smartfed", ROUTER)
+    _bench(task, "fedit", FEDIT, on_target=on_target)
+    _bench(task, "smartfed", ROUTER, on_target=on_target)
     if merge:
-        _bench(task, "merge", MERGE, tuned=False)
-    _running_bench(task)
+        _bench(task, "merge", MERGE, tuned=False, on_target=on_target)
+    _running_bench(task, on_target)
     return task
 
 
@@ -119,6 +163,8 @@ def test_numbers_targets_and_outputs(table, tmp_path):
     assert (task / "reference.png").stat().st_size > 0
     assert (task / "README.md").read_text() == text and text.startswith("# Reference results")
     assert "Generated by `cmd task`" in text
+    assert "metric" not in summary  # the reference pages' summary.json predates --metric
+    assert not (task / "final_vs_bytes.png").exists()
 
     finals = {name: [s[-1] for s in seeds.values()] for name, seeds in
               (("fedit", FEDIT), ("smartfed", ROUTER), ("merge", MERGE))}  # fmt: skip
@@ -218,3 +264,143 @@ def test_empty_or_missing_folder_is_one_line(table, tmp_path, monkeypatch):
             table.main()
         assert isinstance(error.value.code, str) and "\n" not in error.value.code
         assert str(results / "task") in error.value.code
+
+
+# --------------------------------------------------------------------------- --metric target_loss
+
+
+def _mean_points(per_seed: dict[int, list[float]], per_round: int) -> list[tuple]:
+    """(round, loss averaged over seeds, cumulative bytes) of an entry's target curve."""
+    rounds = len(next(iter(per_seed.values())))
+    return [
+        (r, statistics.mean(losses[r] for losses in per_seed.values()), r * per_round)
+        for r in range(rounds)
+    ]
+
+
+def _first(points: list[tuple], target: float) -> tuple[int, int] | None:
+    return next(((r, sent) for r, loss, sent in points if loss <= target), None)
+
+
+def _verdict(a: list[float], b: list[float]) -> str:
+    difference = statistics.mean(a) - statistics.mean(b)
+    if abs(difference) <= statistics.stdev(a) + statistics.stdev(b):
+        return "tie"
+    return "better" if difference < 0 else "worse"
+
+
+def test_target_metric(table, tmp_path):
+    task = _task(tmp_path, on_target=True)
+    text = table.write_outputs("task", task, "cmd task --metric target_loss", metric="target_loss")
+    summary = json.loads((task / "summary.json").read_text())
+    entries = summary["entries"]
+    assert summary["metric"] == "target_loss"
+    assert (task / "README.md").read_text() == text and text.startswith("# Target results: task")
+    assert (task / "reference.png").stat().st_size > 0
+    assert (task / "final_vs_bytes.png").stat().st_size > 0
+    assert "(final_vs_bytes.png)" in text
+    assert "Target set: mgsm_zh_math23k, test slice, 128 items." in text
+
+    # Headline: the final target test loss over seeds (merge: its round-0 target loss, as it
+    # trains nothing), the in-distribution test loss beside it, the verdict on the target loss.
+    in_distribution = {"fedit": FEDIT, "smartfed": ROUTER, "merge": MERGE}
+    finals = {name: [s[-1] for s in seeds.values()] for name, seeds in TARGETS.items()}
+    for name, values in finals.items():
+        loss = entries[name]["final_loss"]
+        assert loss["mean"] == pytest.approx(statistics.mean(values))
+        assert loss["std"] == pytest.approx(statistics.stdev(values))
+        assert loss["n"] == 3
+        evals = [s[-1] for s in in_distribution[name].values()]
+        assert entries[name]["in_distribution_loss"]["mean"] == pytest.approx(
+            statistics.mean(evals)
+        )
+        assert entries[name]["select_on"] == ("target" if name != "merge" else None)
+    assert entries["fedit"]["vs_fedit"] == "reference"
+    for name in ("smartfed", "merge"):
+        assert entries[name]["vs_fedit"] == _verdict(finals[name], finals["fedit"])
+    assert entries["smartfed"]["vs_fedit"] == "tie" and entries["merge"]["vs_fedit"] == "worse"
+
+    # T50 / T90 from FedIT's seed-mean target curve: round 0 minus 50 % / 90 % of its best gain.
+    fedit_points = _mean_points(FEDIT_T, sum(UP_DOWN["fedit"]))
+    start = fedit_points[0][1]
+    gain = start - min(loss for _, loss, _ in fedit_points)
+    targets = {"T50": start - 0.5 * gain, "T90": start - 0.9 * gain}
+    assert summary["targets"] == pytest.approx(targets)
+    assert summary["targets"] == pytest.approx({"T50": 1.415, "T90": 0.947})  # by hand
+    assert summary["missing_targets"] == [] and "T_merge" not in text
+    points = {name: _mean_points(TARGETS[name], sum(UP_DOWN[name])) for name in TARGETS}
+    points["mole"] = [(r, loss, r * 2) for r, loss in enumerate(MOLE_T)]  # 1 up + 1 down
+    for name, target in targets.items():
+        fedit = _first(fedit_points, target)
+        for entry, curve in points.items():
+            got = entries[entry]["to_target"][name]
+            expected = _first(curve, target)
+            assert (got["round"], got["bytes"]) == (expected or (None, None)), (entry, name)
+            if expected is None:
+                assert got["bytes_ratio_vs_fedit"] is got["rounds_ratio_vs_fedit"] is None
+            else:
+                assert got["bytes_ratio_vs_fedit"] == pytest.approx(fedit[1] / expected[1])
+                assert got["rounds_ratio_vs_fedit"] == pytest.approx(fedit[0] / expected[0])
+    # The cases the inputs are made for: FedIT at T90 in round 3, the router in round 2 (the
+    # mean of round 2 is 0.95 for FedIT, 0.90 for the router); merge never at T50; mole (one
+    # finished seed) at T50 in round 1 and never at T90.
+    assert entries["fedit"]["to_target"]["T90"]["round"] == 3
+    assert entries["smartfed"]["to_target"]["T90"]["rounds_ratio_vs_fedit"] == pytest.approx(1.5)
+    assert entries["merge"]["to_target"]["T50"]["round"] is None
+    assert entries["mole"]["to_target"]["T50"]["bytes"] == 2
+    assert entries["mole"]["to_target"]["T90"]["round"] is None
+
+    # The grid column shows the target dev loss, the criterion the choice was made on, also for
+    # the bench still running (its tuning runs' final target dev losses).
+    mole = entries["mole"]
+    assert mole["final_loss"]["n"] == 1 and mole["seeds"] == [0] and mole["vs_fedit"] is None
+    assert mole["final_loss"]["mean"] == pytest.approx(MOLE_T[-1])
+    assert "| grid (target dev loss, the choice criterion) |" in text
+    assert "| final target test loss | vs fedit | in-distribution test loss |" in text
+    mean, std = statistics.mean(finals["smartfed"]), statistics.stdev(finals["smartfed"])
+    evals = [s[-1] for s in ROUTER.values()]
+    assert (
+        "| smartfed | smartfed | 2e-3 | 5e-4: 0.800, **2e-3: 0.600**, 1e-2: 1.100 | 3/3 | "
+        f"{mean:.4f} ± {std:.4f} | tie | "
+        f"{statistics.mean(evals):.4f} ± {statistics.stdev(evals):.4f} | 0.00 |"
+    ) in text
+    assert "| mole | mole | 5e-2 | 1e-2: 1.650, **5e-2: 1.550**, 2e-1: … | 1/3 |" in text
+    rows = [line.split(" | ")[0] for line in text.split("## Rounds")[0].splitlines()]
+    order = [row.removeprefix("| ") for row in rows if row.removeprefix("| ") in entries]
+    assert order == sorted(entries, key=lambda n: entries[n]["final_loss"]["mean"])
+    assert "### T50 = 1.4150" in text and "### T90 = 0.9470" in text
+    assert "## Final target test loss per seed" in text
+    assert "Not re-run: lorahub, fedsa_lora (" in text
+
+    # A reference entry that has a folder (still tuning) is no longer "not re-run".
+    (task / "lorahub").mkdir()
+    bench = {"entries": [{"label": "lorahub"}], "seeds": [0], "select_on": "target"}
+    (task / "lorahub" / "bench.json").write_text(json.dumps(bench))
+    text = table.write_outputs("task", task, "cmd", metric="target_loss", with_plot=False)
+    assert "Not re-run: fedsa_lora (" in text and "- lorahub (lorahub): grid untuned" in text
+
+
+def test_target_metric_without_fedit(table, tmp_path):
+    task = _task(tmp_path, on_target=True)
+    for path in sorted((task / "fedit").rglob("summary.json")):
+        path.unlink()  # FedIT's runs not finished yet
+    text = table.write_outputs("task", task, "cmd", metric="target_loss", with_plot=False)
+    summary = json.loads((task / "summary.json").read_text())
+    assert summary["targets"] == {"T50": None, "T90": None}
+    assert any("`fedit`" in line for line in summary["missing_targets"])
+    assert "### T50" not in text and "- **T50** = not computed" in text
+    assert summary["entries"]["smartfed"]["vs_fedit"] is None
+
+
+def test_metric_option_and_default_folder(table, tmp_path, monkeypatch):
+    assert "--metric" not in table.command_line("cn_math", table.RESULTS)
+    assert table.command_line("cn_math", table.TARGET.results, "target_loss") == (
+        ".venv/bin/python benchmarks/reference_table.py cn_math --metric target_loss"
+    )
+    _task(tmp_path, on_target=True)
+    argv = ["reference_table.py", "task", "--metric", "target_loss", "--results", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    table.main()
+    text = (tmp_path / "task" / "README.md").read_text()
+    assert f"--metric target_loss --results {tmp_path}`" in text
+    assert json.loads((tmp_path / "task" / "summary.json").read_text())["metric"] == "target_loss"
