@@ -36,7 +36,8 @@ for stage in ${*:-gate ablation seeds tables}; do
       "$PY" benchmarks/gate_table.py
       for task in cn_math math_code; do
         "$PY" benchmarks/reference_table.py "$task" --results "$OUT" --metric target_loss
-      done ;;
+      done
+      "$PY" benchmarks/claims.py --metric target_loss ;;
     *) echo "target_all.sh: unknown stage $stage (gate ablation seeds tables)" >&2; exit 2 ;;
   esac
 done
