@@ -79,6 +79,9 @@ run_entry() {
     smartfed_k32_eeqa) entry smartfed_k32_eeqa smartfed "$ROUTER_GRID" --topk_experts 32 \
       --enable_eeqa ;;
     smartfed_residual_r1) entry smartfed_residual_r1 smartfed "$ROUTER_GRID" --residual_rank 1 ;;
+    # c = 1 instead of K: the pool starts as the mean of its experts rather than their full sum
+    # (on GSM-Hard the full sum starts above the base model's target loss).
+    smartfed_scale1) entry smartfed_scale1 smartfed "$ROUTER_GRID" --output_scale one ;;
     smartfed_only_*)  # smartfed_only_MODULE: the task's pool without its other module
       local module=${1#smartfed_only_}
       [[ ,$POOL_OLD, == *,"$module",* ]] || {

@@ -6,14 +6,14 @@
 # tuned over its 3-point grid on the target's dev slice. Everything lands in
 # benchmarks/results/target/TASK/ENTRY/. Resumable: rerun this same command after an
 # interruption (finished runs are skipped, an interrupted one resumes). About 4-15 min a run on
-# 2 CPU cores; the gate is 40 runs, the ablation 6 entries x 4 runs x 2 tasks, the seeds 13
+# 2 CPU cores; the gate is 40 runs, the ablation 7 entries x 4 runs x 2 tasks, the seeds 13
 # entries x 2 more runs x 2 tasks (plus tuning for the entries the gate did not have).
 #   benchmarks/target_all.sh [STAGE ...]    stages: gate ablation seeds tables (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results/target
-ABLATION="smartfed_router_x smartfed_k32 smartfed_k32_eeqa smartfed_residual_r1"
+ABLATION="smartfed_scale1 smartfed_router_x smartfed_k32 smartfed_k32_eeqa smartfed_residual_r1"
 declare -A ONLY=([cn_math]="smartfed_only_cn_chat smartfed_only_en_math"
                  [math_code]="smartfed_only_en_math smartfed_only_en_code")
 SEEDED="fedit smartfed fed_sb_r26 fedit_r1 smartfed_paper fedit_r2 ffa_lora ffa_lora_r2
@@ -24,7 +24,8 @@ for stage in ${*:-gate ablation seeds tables}; do
     gate) benchmarks/gate.sh ;;
     ablation)
       for task in math_code cn_math; do
-        OUT=$OUT SEEDS=0 benchmarks/reference.sh "$task" $ABLATION ${ONLY[$task]}
+        # The pool one module at a time first: it answers soonest whether a module hurts the target.
+        OUT=$OUT SEEDS=0 benchmarks/reference.sh "$task" ${ONLY[$task]} $ABLATION
       done ;;
     seeds)
       for entry in $SEEDED; do

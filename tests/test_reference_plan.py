@@ -129,10 +129,16 @@ def test_target_entries_parse_and_tune_on_the_target(task, tmp_path):
         assert args.sweep, "every gate entry is tuned over a grid"
 
 
-ABLATION = {"smartfed_router_x": {"router": "lowrank", "router_rank": 1},
+ABLATION = {"smartfed_scale1": {"output_scale": "one"},
+            "smartfed_router_x": {"router": "lowrank", "router_rank": 1},
             "smartfed_k32": {"topk_experts": 32, "enable_eeqa": None},
             "smartfed_k32_eeqa": {"topk_experts": 32, "enable_eeqa": True},
             "smartfed_residual_r1": {"residual_rank": 1}}  # fmt: skip
+
+
+def test_target_all_runs_every_ablation_entry():
+    text = (BENCHMARKS / "target_all.sh").read_text()
+    assert re.search(r'ABLATION="([^"]+)"', text)[1].split() == list(ABLATION)
 
 
 @pytest.mark.parametrize(
