@@ -7,6 +7,8 @@ One row per finished entry folder ``benchmarks/results/target/TASK/ENTRY/`` (a `
 loss (the headline), the in-distribution test loss, the chosen rate, and the bytes of one
 steady-state round (the last round's up + down: Fed-SB's one-off init broadcast is in its
 total, not in this figure). An entry whose seed-0 run has not finished is listed as pending.
+Below each task's table, the ablation: every other SmartFed entry against the defaults, with the
+settings it changed (read from the two runs' config.json) and the change in target test loss.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ TASKS = ("cn_math", "math_code")
 # Knowledge-free baselines are compared with SmartFed's defaults when they send at least as much.
 KNOWLEDGE_FREE = ("fedit", "fedit_r1", "fedit_r2", "ffa_lora_r2", "fedit_bf16", "fed_sb_r26",
                   "fed_sb_r31")  # fmt: skip
+DEFAULTS = "smartfed"  # SmartFed's defaults: the ablation compares every other SmartFed run to it
+# What may differ between an ablation run and the defaults' run without being the ablation.
+NOT_THE_ABLATION = {"learning_rate", "output_dir", "seed"}
 
 
 def entry_row(bench_dir: Path) -> dict[str, Any] | None:
@@ -60,7 +65,21 @@ def entry_row(bench_dir: Path) -> dict[str, Any] | None:
         "bytes_total": summary["bytes_up"] + summary["bytes_down"],
         "target": summary.get("target"),
         "curve": run_curve(runs[0], "target_loss"),
+        "settings": run_settings(runs[0]),
     }
+
+
+def run_settings(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved config, its method's settings flattened in beside the rest."""
+    config = read_json(run_dir / "config.json")
+    return {**{k: v for k, v in config.items() if k != "method_settings"},
+            **(config.get("method_settings") or {})}  # fmt: skip
+
+
+def changed_settings(run: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The settings of an ablation run that differ from the defaults' run (rate and seed aside)."""
+    keys = sorted((run.keys() | defaults.keys()) - NOT_THE_ABLATION)
+    return {k: run.get(k) for k in keys if run.get(k) != defaults.get(k)}
 
 
 def task_table(task: str, root: Path) -> dict[str, Any]:
@@ -76,8 +95,34 @@ def task_table(task: str, root: Path) -> dict[str, Any]:
         row["to_target"] = {
             name: first_reach(curve, value) for name, value in (targets or {}).items()
         }
+    ablation = ablation_rows(rows)
+    for row in rows:
+        del row["settings"]  # the ablation's diff keeps what matters of them
     return {"task": task, "rows": rows, "pending": pending, "targets": targets,
-            "gate": gate_answer(rows)}  # fmt: skip
+            "gate": gate_answer(rows), "ablation": ablation}  # fmt: skip
+
+
+def ablation_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every other SmartFed run against the defaults': what it changed and the target loss it
+    gained (negative) or lost, at round 0 and at the end."""
+    defaults = next((r for r in rows if r["entry"] == DEFAULTS), None)
+    if defaults is None:
+        return []
+    out = []
+    for row in rows:
+        if row["method"] != defaults["method"] or row["entry"] == DEFAULTS:
+            continue
+        out.append({
+            "entry": row["entry"],
+            "changed": changed_settings(row["settings"], defaults["settings"]),
+            "delta": _delta(row["target_test_loss"], defaults["target_test_loss"]),
+            "initial_delta": _delta(row["initial_target_loss"], defaults["initial_target_loss"]),
+        })  # fmt: skip
+    return sorted(out, key=lambda r: r["delta"] if r["delta"] is not None else 1e9)
+
+
+def _delta(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or reference is None else value - reference
 
 
 def gate_answer(rows: list[dict[str, Any]]) -> str:
@@ -153,7 +198,32 @@ def markdown(tables: list[dict[str, Any]]) -> str:
                 + '. "–": not reached.'
             )
         lines += ["", f"Gate: {table['gate']}", ""]
+        lines += ablation_markdown(table)
     return "\n".join(lines)
+
+
+def ablation_markdown(table: dict[str, Any]) -> list[str]:
+    if not table["ablation"]:
+        return []
+    lines = [
+        f"### {table['task']}: SmartFed with one thing changed",
+        "",
+        "Each row against SmartFed's defaults (both tuned on the dev slice, seed 0); a negative",
+        "change is a lower (better) target test loss.",
+        "",
+        "| entry | changed | target test loss change | at round 0 |",
+        "|---|---|---|---|",
+    ]
+    for r in table["ablation"]:
+        changed = ", ".join(f"{k}={v}" for k, v in r["changed"].items()) or "nothing"
+        lines.append(
+            f"| {r['entry']} | {changed} | {_signed(r['delta'])} | {_signed(r['initial_delta'])} |"
+        )
+    return [*lines, ""]
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"
 
 
 def main() -> None:

@@ -13,7 +13,9 @@ from .benchmark_scripts import import_benchmark
 gate_table = import_benchmark("gate_table")
 
 
-def _entry(root: Path, task: str, entry: str, method: str, target: float, per_round: int) -> None:
+def _entry(
+    root: Path, task: str, entry: str, method: str, target: float, per_round: int, **settings
+) -> None:
     bench = root / task / entry
     run = bench / entry / "seed0"
     run.mkdir(parents=True)
@@ -34,6 +36,10 @@ def _entry(root: Path, task: str, entry: str, method: str, target: float, per_ro
         "bytes_down": per_round,
     }
     (run / "summary.json").write_text(json.dumps(summary))
+    method_settings = {"learning_rate": 0.01, "output_scale": "k", **settings}
+    config = {"method": method, "seed": 0, "output_dir": str(run), "lora_pool": "a,b",
+              "method_settings": method_settings}  # fmt: skip
+    (run / "config.json").write_text(json.dumps(config))
 
 
 def test_rows_sorted_by_target_loss_and_the_gate(tmp_path: Path) -> None:
@@ -64,3 +70,18 @@ def test_unfinished_entries_are_pending(tmp_path: Path) -> None:
     table = gate_table.task_table("cn_math", tmp_path)
     assert table["pending"] == ["fedit"] and table["rows"] == []
     assert table["gate"] == "SmartFed's defaults have not finished yet."
+
+
+def test_ablation_rows_name_what_changed_against_the_defaults(tmp_path: Path) -> None:
+    _entry(tmp_path, "math_code", "smartfed", "smartfed", 0.70, 1000)
+    _entry(tmp_path, "math_code", "smartfed_scale1", "smartfed", 0.60, 1000, output_scale="one",
+           learning_rate=0.2)  # fmt: skip
+    _entry(tmp_path, "math_code", "fedit", "fedit", 0.80, 50_000)  # not SmartFed: no row
+    table = gate_table.task_table("math_code", tmp_path)
+    # the rate is the tuning's choice, not the ablation: only output_scale is named
+    assert table["ablation"] == [{"entry": "smartfed_scale1", "changed": {"output_scale": "one"},
+                                  "delta": pytest.approx(-0.10), "initial_delta": 0.0}]  # fmt: skip
+    assert "| smartfed_scale1 | output_scale=one | -0.1000 | +0.0000 |" in gate_table.markdown(
+        [table]
+    )
+    assert all("settings" not in row for row in table["rows"])
