@@ -82,6 +82,18 @@ run_entry() {
     # c = 1 instead of K: the pool starts as the mean of its experts rather than their full sum
     # (on GSM-Hard the full sum starts above the base model's target loss).
     smartfed_scale1) entry smartfed_scale1 smartfed "$ROUTER_GRID" --output_scale one ;;
+    # SmartFed's defaults re-decided on the target (target_all.sh's defaults stage): the other
+    # router designs within 1/30 of FedIT r32's bytes a round (diagonal; lowrank r 1 is
+    # smartfed_router_x) x routing (dense; K = 32; K = 32 with EEQA); diag_lowrank's three are
+    # smartfed, smartfed_k32 and smartfed_k32_eeqa.
+    smartfed_diagonal) entry "$1" smartfed "$ROUTER_GRID" --router diagonal ;;
+    smartfed_diagonal_k32) entry "$1" smartfed "$ROUTER_GRID" --router diagonal --topk_experts 32 ;;
+    smartfed_diagonal_k32_eeqa) entry "$1" smartfed "$ROUTER_GRID" --router diagonal \
+      --topk_experts 32 --enable_eeqa ;;
+    smartfed_router_x_k32) entry "$1" smartfed "$ROUTER_GRID" --router lowrank --router_rank 1 \
+      --topk_experts 32 ;;
+    smartfed_router_x_k32_eeqa) entry "$1" smartfed "$ROUTER_GRID" --router lowrank \
+      --router_rank 1 --topk_experts 32 --enable_eeqa ;;
     smartfed_only_*)  # smartfed_only_MODULE: the task's pool without its other module
       local module=${1#smartfed_only_}
       [[ ,$POOL_OLD, == *,"$module",* ]] || {

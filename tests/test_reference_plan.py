@@ -136,6 +136,28 @@ ABLATION = {"smartfed_scale1": {"output_scale": "one"},
             "smartfed_residual_r1": {"residual_rank": 1}}  # fmt: skip
 
 
+ROUTINGS = {"dense": (None, None), "k32": (32, None), "k32_eeqa": (32, True)}
+
+
+@pytest.mark.parametrize("task", ["cn_math", "math_code"])
+def test_defaults_stage_completes_the_design_by_routing_grid(task, tmp_path):
+    """The defaults stage plus the gate's and the ablation's SmartFed entries cover every
+    router design within the bytes rule x every routing, and nothing else changes."""
+    text = (BENCHMARKS / "target_all.sh").read_text()
+    entries = ["smartfed", "smartfed_router_x", "smartfed_k32", "smartfed_k32_eeqa",
+               *re.search(r'DEFAULTS="([^"]+)"', text)[1].split()]  # fmt: skip
+    commands = recorded_commands(task, entries, tmp_path)
+    cells = set()
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        assert args.methods == "smartfed" and args.output_scale is None and args.sweep
+        design = (args.router or "diag_lowrank", args.router_rank)
+        routing = next(n for n, v in ROUTINGS.items() if v == (args.topk_experts, args.enable_eeqa))
+        cells.add((design, routing))
+    designs = {("diag_lowrank", None), ("diagonal", None), ("lowrank", 1)}
+    assert cells == {(d, r) for d in designs for r in ROUTINGS}
+
+
 def test_target_all_runs_every_ablation_entry():
     text = (BENCHMARKS / "target_all.sh").read_text()
     assert re.search(r'ABLATION="([^"]+)"', text)[1].split() == list(ABLATION)
