@@ -142,7 +142,7 @@ ROUTINGS = {"dense": (None, None), "k32": (32, None), "k32_eeqa": (32, True)}
 @pytest.mark.parametrize("task", ["cn_math", "math_code"])
 def test_defaults_stage_completes_the_design_by_routing_grid(task, tmp_path):
     """The defaults stage plus the gate's and the ablation's SmartFed entries cover every
-    router design within the bytes rule x every routing, and nothing else changes."""
+    router design within the bytes rule x every routing (no scale, residual or pool change)."""
     text = (BENCHMARKS / "target_all.sh").read_text()
     entries = ["smartfed", "smartfed_router_x", "smartfed_k32", "smartfed_k32_eeqa",
                *re.search(r'DEFAULTS="([^"]+)"', text)[1].split()]  # fmt: skip
@@ -151,6 +151,7 @@ def test_defaults_stage_completes_the_design_by_routing_grid(task, tmp_path):
     for argv in commands:
         args = build_parser().parse_args(argv)
         assert args.methods == "smartfed" and args.output_scale is None and args.sweep
+        assert args.residual_rank is None and "_only_" not in args.output_dir
         design = (args.router or "diag_lowrank", args.router_rank)
         routing = next(n for n, v in ROUTINGS.items() if v == (args.topk_experts, args.enable_eeqa))
         cells.add((design, routing))
