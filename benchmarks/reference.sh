@@ -36,11 +36,14 @@ B_ONLY_GRID=2e-3,1e-2,5e-2  # FFA-LoRA trains B only, from zero: a higher rate
 ROUTER_GRID=1e-2,5e-2,2e-1  # routers and module weights (the router study's grid)
 SB_GRID=2e-3,1e-2,5e-2      # Fed-SB's r x r matrix R (its paper uses rates above LoRA's)
 
+# GRID=RATES replaces an entry's grid and TUNE_ONLY=1 stops after the tuning (target_all.sh's
+# finalists: the chosen rate again with another seed, on the dev slice only).
 entry() {  # entry NAME METHOD GRID [FLAGS...]: one tuned, seeded bench folder
-  local name=$1 method=$2 grid=$3
+  local name=$1 method=$2 grid=${GRID:-$3}
   shift 3
   local sweep=()
   [[ -n $grid ]] && sweep=(--sweep "learning_rate=$grid")
+  [[ ${TUNE_ONLY:-0} == 1 ]] && sweep+=(--tune_only)
   echo "== $TASK/$name ($(date -u +%H:%M))"
   "$SMARTFED" bench "${COMMON[@]}" --lora_pool "$POOL" --methods "$method" "${sweep[@]}" "$@" \
     --output_dir "$OUT/$name"

@@ -2,18 +2,20 @@
 # The re-run on the tasks' target sets (MGSM-zh for cn_math, GSM-Hard for math_code, each in the
 # task's training format), in the order that answers soonest: the gate (seed 0 of five entries),
 # the ablation of SmartFed's defaults (seed 0), the rest of the defaults' grid (router design x
-# routing, seed 0), then every reference entry with seeds 0, 1, 2 (seed 0 and the tuning are the
-# gate's and are reused: a bench may add seeds). Every entry is tuned over its 3-point grid on the
-# target's dev slice. Everything lands in benchmarks/results/target/TASK/ENTRY/. Resumable: rerun
-# this same command after an interruption (finished runs are skipped, an interrupted one
-# resumes). About 4-15 min a run on 2 CPU cores; the gate is 40 runs, the ablation 7 entries x 4
-# runs x 2 tasks, the defaults 5 entries x 4 runs x 2 tasks, the seeds 13 entries x 2 more runs
-# x 2 tasks (plus tuning for the entries the gate did not have).
-#   benchmarks/target_all.sh [STAGE ...]   stages: gate ablation defaults seeds tables (default all)
+# routing, seed 0), its finalists on the dev slice with seeds 1 and 2 (defaults_table.py), then
+# every reference entry with seeds 0, 1, 2 (seed 0 and the tuning are the gate's and are reused:
+# a bench may add seeds). Every entry is tuned over its 3-point grid on the target's dev slice.
+# Everything lands in benchmarks/results/target/TASK/ENTRY/. Resumable: rerun this same command
+# after an interruption (finished runs are skipped, an interrupted one resumes). About 4-15 min a
+# run on 2 CPU cores; the gate is 40 runs, the ablation 7 entries x 4 runs x 2 tasks, the
+# defaults 5 entries x 4 runs x 2 tasks, the finalists 3 entries x 2 runs x 2 tasks, the seeds
+# 13 entries x 2 more runs x 2 tasks (plus tuning for the entries the gate did not have).
+#   benchmarks/target_all.sh [STAGE ...]   stages: gate ablation defaults finalists seeds tables
+#                                          (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=benchmarks/results/target
+OUT=${OUT:-benchmarks/results/target}
 ABLATION="smartfed_scale1 smartfed_router_x smartfed_k32 smartfed_k32_eeqa smartfed_residual_r1"
 declare -A ONLY=([cn_math]="smartfed_only_cn_chat smartfed_only_en_math"
                  [math_code]="smartfed_only_en_math smartfed_only_en_code")
@@ -24,7 +26,7 @@ DEFAULTS="smartfed_diagonal smartfed_diagonal_k32 smartfed_diagonal_k32_eeqa sma
 SEEDED="fedit smartfed fed_sb_r26 fedit_r1 smartfed_paper fedit_r2 ffa_lora ffa_lora_r2
         fedit_bf16 fed_sb_r31 pool_bridge mole merge"
 
-for stage in ${*:-gate ablation defaults seeds tables}; do
+for stage in ${*:-gate ablation defaults finalists seeds tables}; do
   case $stage in
     gate) benchmarks/gate.sh ;;
     ablation)
@@ -36,6 +38,18 @@ for stage in ${*:-gate ablation defaults seeds tables}; do
       for task in math_code cn_math; do
         OUT=$OUT SEEDS=0 benchmarks/reference.sh "$task" $DEFAULTS
       done ;;
+    finalists)
+      # The defaults and the two best other cells (seed 0, dev slice) again with seeds 1 and 2 at
+      # their chosen rate, dev slice only; defaults_table.py then decides (benchmarks/results/
+      # target/defaults.md).
+      plan=$("$PY" benchmarks/defaults_table.py --results "$OUT" --finalists)
+      while read -r task entry rate; do
+        for seed in 1 2; do
+          OUT=$OUT/finalists/seed$seed SEEDS=$seed TUNE_ONLY=1 GRID=$rate \
+            benchmarks/reference.sh "$task" "$entry"
+        done
+      done <<< "$plan"
+      "$PY" benchmarks/defaults_table.py --results "$OUT" ;;
     seeds)
       for entry in $SEEDED; do
         for task in math_code cn_math; do
@@ -48,7 +62,8 @@ for stage in ${*:-gate ablation defaults seeds tables}; do
         "$PY" benchmarks/reference_table.py "$task" --results "$OUT" --metric target_loss
       done
       "$PY" benchmarks/claims.py --metric target_loss ;;
-    *) echo "target_all.sh: unknown stage $stage (gate ablation defaults seeds tables)" >&2
+    *) echo "target_all.sh: unknown stage $stage (gate ablation defaults finalists seeds" \
+         "tables)" >&2
        exit 2 ;;
   esac
 done

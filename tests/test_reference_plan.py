@@ -203,3 +203,35 @@ def test_target_all_seeds_every_reference_entry(task, tmp_path):
     must = {"fedit", "fedit_r1", "fedit_r2", "ffa_lora", "ffa_lora_r2", "fed_sb_r26",
             "fed_sb_r31", "smartfed", "smartfed_paper", "pool_bridge", "mole", "merge"}  # fmt: skip
     assert must <= names
+
+
+def test_finalists_rerun_the_chosen_rate_with_seeds_1_and_2_on_the_dev_slice(tmp_path):
+    """target_all.sh's finalists stage: for each "TASK ENTRY RATE" line of defaults_table.py, a
+    tuning-only bench of that one rate with seed 1, then 2, in its own folder."""
+    log = tmp_path / "argv.log"
+    smartfed = tmp_path / "smartfed"
+    smartfed.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
+    python = tmp_path / "python"  # defaults_table.py's plan, then its table
+    plan = "cn_math smartfed 0.05\\nmath_code smartfed_k32 0.2\\n"
+    python.write_text(
+        f'#!/usr/bin/env bash\n[[ " $* " == *" --finalists "* ]] && printf "{plan}"\ntrue\n'
+    )
+    for stub in (smartfed, python):
+        stub.chmod(0o755)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(BENCHMARKS / "target_all.sh"), "finalists"], capture_output=True, text=True,
+        env=dict(os.environ, SMARTFED=str(smartfed), PY=str(python), OUT=str(out)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    parsed = [build_parser().parse_args(shlex.split(line)) for line in log.read_text().splitlines()]
+    got = [(a.task, a.seeds, a.sweep, a.tune_only, a.output_dir) for a in parsed]
+    assert got == [
+        ("cn_math", "1", ["learning_rate=0.05"], True, f"{out}/finalists/seed1/cn_math/smartfed"),
+        ("cn_math", "2", ["learning_rate=0.05"], True, f"{out}/finalists/seed2/cn_math/smartfed"),
+        ("math_code", "1", ["learning_rate=0.2"], True,
+         f"{out}/finalists/seed1/math_code/smartfed_k32"),
+        ("math_code", "2", ["learning_rate=0.2"], True,
+         f"{out}/finalists/seed2/math_code/smartfed_k32"),
+    ]  # fmt: skip
+    assert all(a.topk_experts == 32 for a in parsed[2:]) and parsed[0].topk_experts is None
