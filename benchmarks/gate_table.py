@@ -21,11 +21,14 @@ from typing import Any
 from smartfed.bench.layout import final_loss, finished_runs, read_run, run_curve
 from smartfed.bench.stats import REFERENCE
 from smartfed.bench.tables import (
+    ACCURACY_FILES,
     GAIN_TARGET_TEXT,
     GAIN_TARGETS,
+    accuracy_text,
     first_reach,
     gain_targets,
     mib,
+    pooled_accuracy,
     read_json,
 )
 from smartfed.utils.io import write_text_atomic
@@ -65,6 +68,10 @@ def entry_row(bench_dir: Path) -> dict[str, Any] | None:
         "bytes_total": summary["bytes_up"] + summary["bytes_down"],
         "target": summary.get("target"),
         "curve": run_curve(runs[0], "target_loss"),
+        "accuracy": {  # benchmarks/final_evals.sh, where it has scored the run
+            which: pooled_accuracy([read_json(p)] if (p := runs[0] / name).is_file() else [])
+            for which, name in ACCURACY_FILES.items()
+        },
         "settings": run_settings(runs[0]),
     }
 
@@ -149,6 +156,9 @@ def gate_answer(rows: list[dict[str, Any]]) -> str:
     )
 
 
+ACCURACY_HEADER = {"target": "target accuracy (greedy)", "test": "in-distribution accuracy"}
+
+
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -165,14 +175,15 @@ def markdown(tables: list[dict[str, Any]]) -> str:
         "",
     ]
     for table in tables:
+        scored = [w for w in ACCURACY_FILES if any(r["accuracy"][w] for r in table["rows"])]
+        header = ["entry", "chosen", "target test loss (round 0)", "in-distribution test loss",
+                  "MiB a round", "MiB total", *(f"round, MiB to {t}" for t in GAIN_TARGETS),
+                  *(ACCURACY_HEADER[w] for w in scored)]  # fmt: skip
         lines += [
             f"## {table['task']}",
             "",
-            "| entry | chosen | target test loss (round 0) | in-distribution test loss | "
-            "MiB a round | MiB total | "
-            + " | ".join(f"round, MiB to {t}" for t in GAIN_TARGETS)
-            + " |",
-            "|---|---|---|---|---|---|" + "---|" * len(GAIN_TARGETS),
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
         ]
         for r in table["rows"]:
             chosen = ", ".join(f"{k}={v}" for k, v in (r["chosen"] or {}).items()) or "–"
@@ -185,7 +196,7 @@ def markdown(tables: list[dict[str, Any]]) -> str:
                 f"| {r['entry']} | {chosen} | {_fmt(r['target_test_loss'])} "
                 f"({_fmt(r['initial_target_loss'])}) | {_fmt(r['test_loss'])} | "
                 f"{mib(r['bytes_per_round'])} | {mib(r['bytes_total'])} | "
-                + " | ".join(reached)
+                + " | ".join([*reached, *(accuracy_text(r["accuracy"][w]) for w in scored)])
                 + " |"
             )
         if table["pending"]:

@@ -46,14 +46,18 @@ from smartfed.bench.layout import (
 )
 from smartfed.bench.stats import REFERENCE, TARGET_FACTOR, TIE_RULE_TABLE, mean_std, verdict
 from smartfed.bench.tables import (
+    ACCURACY_FILES,
+    FLOOR_ACCURACY,
     GAIN_TARGET_TEXT,
     GAIN_TARGETS,
     MERGE,
     TARGET_NEEDS,
     TARGET_TEXT,
+    accuracy_text,
     first_reach,
     gain_targets,
     mib,
+    pooled_accuracy,
     read_json,
 )
 
@@ -245,6 +249,10 @@ def _entry(
         row["target_set"] = sorted(
             {_target_set_text(s["target"]) for s in summaries if s.get("target")}
         )
+        row["accuracy"] = {
+            which: pooled_accuracy([read_json(p) for run in runs if (p := run / name).is_file()])
+            for which, name in ACCURACY_FILES.items()
+        }
     return row
 
 
@@ -425,12 +433,42 @@ def _grid_header(metric: Metric, finished: list[dict]) -> str:
     return f"grid ({shown}; {elsewhere})"
 
 
+ACCURACY_HEADER = {
+    "target": "target accuracy (greedy, k/n over the scored seeds)",
+    "test": "in-distribution accuracy (greedy)",
+}
+ACCURACY_WHAT = {"target": "the target's test slice", "test": "the in-distribution test"}
+
+
+def accuracy_notes(finished: list[dict], scored: list[str]) -> list[str]:
+    """Where the accuracy comes from, and whether every scored entry is at the floor."""
+    if not scored:
+        return []
+    lines = [
+        "",
+        "Accuracy: `benchmarks/final_evals.sh` scores each seed run's final model greedily "
+        "(MGSM-zh: the generated equation's value; GSM-Hard and GSM8K: the generated program run "
+        "in the sandbox); k/n pooled over the seeds scored so far, with its 95 % Wilson "
+        "interval; – where no run of the entry is scored.",
+    ]
+    for which in scored:
+        accuracies = [a for e in finished if (a := (e.get("accuracy") or {}).get(which))]
+        if all(a["value"] is not None and a["value"] <= FLOOR_ACCURACY for a in accuracies):
+            lines.append(
+                f"On {ACCURACY_WHAT[which]} every scored entry is at the floor (at most "
+                f"{FLOOR_ACCURACY:.0%}): accuracy does not separate the methods here, the loss "
+                "does."
+            )
+    return lines
+
+
 def markdown(
     task: str, command: str, entries: list[dict], summary: dict[str, Any], metric: Metric = EVAL
 ) -> str:
     finished = _finished(entries)
     waiting = [e for e in entries if "final_loss" not in e]
     transfer = any(e.get("transfer_loss") for e in finished)
+    scored = [w for w in ACCURACY_FILES if any((e.get("accuracy") or {}).get(w) for e in finished)]
     grid_key = CHOICE_KEY[metric.grid]
     lines = [
         f"# {metric.title}: {task}",
@@ -459,6 +497,7 @@ def markdown(
     if transfer:
         data = sorted({d for e in finished for d in e.get("transfer_data", [])})
         header.append(f"transfer loss ({', '.join(data)})")
+    header += [ACCURACY_HEADER[which] for which in scored]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in finished:
         cells = [
@@ -471,6 +510,7 @@ def markdown(
         cells += [mib(e["bytes_per_round"]), mib(e["total_bytes"]), f"{e['wall_s']:.0f}"]
         if transfer:
             cells.append(_pm(e.get("transfer_loss")))
+        cells += [accuracy_text(e["accuracy"][which]) for which in scored]
         lines.append("| " + " | ".join(cells) + " |")
     if transfer:
         lines += [
@@ -479,6 +519,7 @@ def markdown(
             "weights; – where a run has no `transfer_loss.json` (weights are not committed, so a "
             "run whose weights are gone must be rerun to get one).",
         ]
+    lines += accuracy_notes(finished, scored)
     if waiting:
         lines += ["", "No finished test run yet (tuning or the first seed still running):"]
         lines += [f"- {e['name']} ({e['method']}): grid {_grid_text(e, grid_key)}" for e in waiting]

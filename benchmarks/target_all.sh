@@ -9,9 +9,10 @@
 # after an interruption (finished runs are skipped, an interrupted one resumes). About 4-15 min a
 # run on 2 CPU cores; the gate is 40 runs, the ablation 7 entries x 4 runs x 2 tasks, the
 # defaults 5 entries x 4 runs x 2 tasks, the finalists 3 entries x 2 runs x 2 tasks, the seeds
-# 13 entries x 2 more runs x 2 tasks (plus tuning for the entries the gate did not have).
-#   benchmarks/target_all.sh [STAGE ...]   stages: gate ablation defaults finalists seeds tables
-#                                          (default all)
+# 13 entries x 2 more runs x 2 tasks (plus tuning for the entries the gate did not have), the
+# accuracy a few minutes per final model.
+#   benchmarks/target_all.sh [STAGE ...]   stages: gate ablation defaults finalists seeds
+#                                          accuracy tables (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -26,7 +27,7 @@ DEFAULTS="smartfed_diagonal smartfed_diagonal_k32 smartfed_diagonal_k32_eeqa sma
 SEEDED="fedit smartfed fed_sb_r26 fedit_r1 smartfed_paper fedit_r2 ffa_lora ffa_lora_r2
         fedit_bf16 fed_sb_r31 pool_bridge mole merge"
 
-for stage in ${*:-gate ablation defaults finalists seeds tables}; do
+for stage in ${*:-gate ablation defaults finalists seeds accuracy tables}; do
   case $stage in
     gate) benchmarks/gate.sh ;;
     ablation)
@@ -56,6 +57,12 @@ for stage in ${*:-gate ablation defaults finalists seeds tables}; do
           OUT=$OUT SEEDS=0,1,2 benchmarks/reference.sh "$task" "$entry"
         done
       done ;;
+    accuracy)
+      # The final models: greedy accuracy of seed 0 on the target's test slice and the
+      # in-distribution test (seeds 1 and 2 with SEEDS="1 2" where seed 0 is off the floor),
+      # the style-shift loss of every seed (math_code).
+      SEEDS=0 benchmarks/final_evals.sh "$OUT" target_accuracy test_accuracy
+      benchmarks/final_evals.sh "$OUT" style_shift ;;
     tables)
       "$PY" benchmarks/gate_table.py
       for task in cn_math math_code; do
@@ -63,7 +70,7 @@ for stage in ${*:-gate ablation defaults finalists seeds tables}; do
       done
       "$PY" benchmarks/claims.py --metric target_loss ;;
     *) echo "target_all.sh: unknown stage $stage (gate ablation defaults finalists seeds" \
-         "tables)" >&2
+         "accuracy tables)" >&2
        exit 2 ;;
   esac
 done

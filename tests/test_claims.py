@@ -357,3 +357,40 @@ def test_target_metric(claims, tmp_path, monkeypatch, capsys):
     assert f"claims.py --metric target_loss --results {results}`" in text
     assert "T50: round-0 target loss minus 50 %" in text and "T_half" not in text
     assert "The quality figure is the final target test loss" in text
+
+
+@pytest.mark.parametrize(
+    ("smartfed", "fedit", "verdict"),
+    [
+        ((2, 3), (1, 3), "cannot be measured on this model"),  # 3 and 1 of 384: the floor
+        ((120, 3), (20, 3), "holds (+26.0 points)"),
+        ((70, 3), (35, 3), "partly holds (+9.1 points)"),
+        ((30, 3), (35, 3), "does not hold (tie: the 95 % intervals overlap)"),
+        ((10, 3), (60, 3), "does not hold (worse)"),
+    ],
+)
+def test_accuracy_of_the_final_models(claims, tmp_path, smartfed, fedit, verdict):
+    """With the final models scored (final_evals.sh), the accuracy claim compares SmartFed's
+    pooled target accuracy with the most accurate baseline's by their 95 % intervals."""
+    results = tmp_path / "results"
+    _target(results, "cn_math", CN_MATH, CN_MATH_TARGET)
+    for name, (correct, seeds) in (("smartfed", smartfed), ("fedit", fedit)):
+        for seed in range(seeds):
+            run = results / "target" / "cn_math" / name / name / f"seed{seed}"
+            share = correct // seeds + (seed < correct % seeds)
+            (run / "accuracy_target.json").write_text(json.dumps({"correct": share, "n": 128}))
+    merge = results / "target" / "cn_math" / "merge" / "merge" / "seed0" / "accuracy_target.json"
+    merge.write_text(json.dumps({"correct": 1, "n": 128}))  # scored once: a baseline too
+    import_benchmark("reference_table").write_outputs(
+        "cn_math", results / "target" / "cn_math", "cmd", metric="target_loss", with_plot=False
+    )
+    row = claims.claim_accuracy(
+        claims.load_summary(results / "target" / "cn_math"),
+        claims.Sources(results, "target_loss"),
+        "cn_math",
+    )
+    assert row.verdict.startswith(verdict)
+    assert f"SmartFed {smartfed[0]}/384 (" in row.figure[-1]
+    best = "fedit" if fedit[0] / 384 > 1 / 128 else "merge"  # merge: 1/128
+    assert f"most accurate baseline ({best})" in row.figure[-1]
+    assert any(c.startswith("benchmarks/final_evals.sh ") for c in row.commands)

@@ -85,3 +85,18 @@ def test_ablation_rows_name_what_changed_against_the_defaults(tmp_path: Path) ->
         [table]
     )
     assert all("settings" not in row for row in table["rows"])
+
+
+def test_accuracy_columns_appear_once_a_run_is_scored(tmp_path: Path) -> None:
+    _entry(tmp_path, "math_code", "smartfed", "smartfed", 0.70, 1000)
+    _entry(tmp_path, "math_code", "fedit", "fedit", 0.80, 50_000)
+    assert "accuracy" not in gate_table.markdown([gate_table.task_table("math_code", tmp_path)])
+    run = tmp_path / "math_code" / "smartfed" / "smartfed" / "seed0"
+    (run / "accuracy_target.json").write_text(json.dumps({"correct": 2, "n": 128}))
+    text = gate_table.markdown([gate_table.task_table("math_code", tmp_path)])
+    assert "| target accuracy (greedy) |" in text and "in-distribution accuracy" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| smartfed |"))
+    assert row.endswith("| 2/128 (1.6%; 95 % 0.4%–5.5%) |")
+    assert next(line for line in text.splitlines() if line.startswith("| fedit |")).endswith(
+        "| – |"
+    )

@@ -235,3 +235,40 @@ def test_finalists_rerun_the_chosen_rate_with_seeds_1_and_2_on_the_dev_slice(tmp
          f"{out}/finalists/seed2/math_code/smartfed_k32"),
     ]  # fmt: skip
     assert all(a.topk_experts == 32 for a in parsed[2:]) and parsed[0].topk_experts is None
+
+
+def test_final_evals_score_each_seed_run_once_with_the_tasks_benchmarks(tmp_path):
+    """final_evals.sh: accuracy on the target's test slice and on the in-distribution test per
+    task, the style-shift loss on math_code only; SEEDS limits the seeds; done files are kept."""
+    results = tmp_path / "target"
+    for task, seed in (("cn_math", 0), ("cn_math", 1), ("math_code", 0)):
+        run = results / task / "fedit" / "fedit" / f"seed{seed}"
+        (run / "final").mkdir(parents=True)
+        (run / "summary.json").write_text("{}")
+        (run / "config.json").write_text(json.dumps({"method": "fedit"}, indent=0))
+    done_run = results / "math_code" / "fedit" / "fedit" / "seed0"
+    (done_run / "accuracy_test.json").write_text("{}")
+    log = tmp_path / "argv.log"
+    stub = tmp_path / "smartfed"
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
+    stub.chmod(0o755)
+    done = subprocess.run(
+        [str(BENCHMARKS / "final_evals.sh"), str(results)], capture_output=True, text=True,
+        env=dict(os.environ, SMARTFED=str(stub), SEEDS="0"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = []
+    for line in log.read_text().splitlines():
+        argv = shlex.split(line)
+        args = build_parser().parse_args(argv)
+        assert args.command == "eval" and args.limit == 128
+        got.append((Path(args.run_dir).parts[-4], args.benchmark, Path(args.output).name))
+    assert got == [
+        ("cn_math", "mgsm_zh_math23k", "accuracy_target.json"),
+        ("math_code", "gsm_hard_gsm8k_pal", "accuracy_target.json"),
+        ("cn_math", "math23k", "accuracy_test.json"),  # math_code's is there already
+        ("math_code", "loss", "transfer_loss.json"),
+    ]
+    bad = subprocess.run([str(BENCHMARKS / "final_evals.sh"), str(results), "nonsense"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "unknown measure nonsense" in bad.stderr

@@ -404,3 +404,38 @@ def test_metric_option_and_default_folder(table, tmp_path, monkeypatch):
     text = (tmp_path / "task" / "README.md").read_text()
     assert f"--metric target_loss --results {tmp_path}`" in text
     assert json.loads((tmp_path / "task" / "summary.json").read_text())["metric"] == "target_loss"
+
+
+def test_target_accuracy_columns_pool_the_scored_seeds(table, tmp_path):
+    """final_evals.sh's accuracy files: k/n summed over an entry's scored seeds with the Wilson
+    interval of the pooled share; the floor is said when every scored entry is at or below 5 %."""
+    task = _task(tmp_path, on_target=True)
+
+    def score(entry: str, seed: int, name: str, correct: int, n: int = 128) -> None:
+        path = task / entry / entry / f"seed{seed}" / name
+        path.write_text(json.dumps({"benchmark": "b", "correct": correct, "n": n}))
+
+    score("smartfed", 0, "accuracy_target.json", 3)
+    score("smartfed", 1, "accuracy_target.json", 1)
+    score("fedit", 0, "accuracy_target.json", 0)
+    text = table.write_outputs("task", task, "cmd", metric="target_loss", with_plot=False)
+    entries = json.loads((task / "summary.json").read_text())["entries"]
+    pooled = entries["smartfed"]["accuracy"]["target"]
+    assert (pooled["correct"], pooled["n"], pooled["runs"]) == (4, 256, 2)
+    # Wilson 95 % for 4/256, by hand: centre (p + z^2/2n) / (1 + z^2/n), p = 1/64.
+    z, n, p = 1.96, 256, 4 / 256
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    assert pooled["interval_95"] == pytest.approx([centre - half, centre + half])
+    assert entries["smartfed"]["accuracy"]["test"] is None
+    assert "target accuracy (greedy, k/n over the scored seeds)" in text
+    assert "in-distribution accuracy" not in text  # nothing scored there
+    row = next(line for line in text.splitlines() if line.startswith("| smartfed |"))
+    assert row.endswith(f"| 4/256 (1.6%; 95 % {centre - half:.1%}–{centre + half:.1%}) |")
+    assert next(line for line in text.splitlines() if line.startswith("| merge |")).endswith(
+        "| – |"
+    )
+    assert "On the target's test slice every scored entry is at the floor" in text
+    score("fedit", 1, "accuracy_target.json", 20)  # 20/256 = 7.8 %: off the floor
+    text = table.write_outputs("task", task, "cmd", metric="target_loss", with_plot=False)
+    assert "every scored entry is at the floor" not in text

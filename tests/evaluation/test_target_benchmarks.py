@@ -6,8 +6,8 @@ import pytest
 
 from smartfed.data import load_examples
 from smartfed.evaluation.benchmarks import get_benchmark
-from smartfed.evaluation.harness import wilson_interval
 from smartfed.evaluation.sandbox import SandboxLimits
+from smartfed.utils.intervals import wilson_interval
 
 
 def test_mgsm_target_scores_the_generated_equation() -> None:

@@ -1,5 +1,6 @@
 """What the result scripts of ``benchmarks/`` share (no torch): reading their JSON inputs with
-a one-line failure, MiB as text, and the loss targets the paper's claims are stated against.
+a one-line failure, MiB as text, the loss targets the paper's claims are stated against, and the
+generative accuracy of final models pooled over seeds.
 
 The scripts import this module, never each other: ``reference_table.py`` writes the targets,
 ``claims.py`` quotes their definitions, ``routers_pareto.py`` uses ``T_fedit``.
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from smartfed.bench.stats import REFERENCE, TARGET_FACTOR
+from smartfed.utils.intervals import wilson_interval
 
 MERGE = "merge"  # the entry that merges the pool and trains nothing
 TARGET_TEXT = {
@@ -61,3 +63,38 @@ def read_json(path: Path) -> Any:
 def mib(value: float) -> str:
     """Bytes as MiB with two decimals and thousands separators."""
     return f"{value / 2**20:,.2f}"
+
+
+# A final model's greedy accuracy, written by benchmarks/final_evals.sh into its run folder.
+ACCURACY_FILES = {"target": "accuracy_target.json", "test": "accuracy_test.json"}
+# Accuracy at or below this is "at the floor": a +10-point difference between methods is then
+# below what a few hundred items can resolve.
+FLOOR_ACCURACY = 0.05
+
+
+def pooled_accuracy(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``smartfed eval`` accuracy results of one entry's seed runs pooled: correct and n summed,
+    the share and its 95 % Wilson interval; None without any."""
+    if not results:
+        return None
+    correct = sum(int(r["correct"]) for r in results)
+    n = sum(int(r["n"]) for r in results)
+    return {
+        "correct": correct,
+        "n": n,
+        "runs": len(results),
+        "value": correct / n if n else None,
+        "interval_95": wilson_interval(correct, n),
+        "benchmark": sorted({str(r.get("benchmark")) for r in results}),
+    }
+
+
+def accuracy_text(accuracy: dict[str, Any] | None) -> str:
+    """``3/256 (1.2 %; 95 % 0.4-3.4 %)``, or – without a result."""
+    if not accuracy or not accuracy["n"]:
+        return "–"
+    low, high = accuracy["interval_95"]
+    return (
+        f"{accuracy['correct']}/{accuracy['n']} ({accuracy['value']:.1%}; "
+        f"95 % {low:.1%}–{high:.1%})"
+    )

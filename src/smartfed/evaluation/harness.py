@@ -33,6 +33,7 @@ from smartfed.errors import ConfigError
 from smartfed.evaluation.benchmarks import GenerativeBenchmark, get_benchmark
 from smartfed.evaluation.generation import generate
 from smartfed.evaluation.sandbox import SandboxLimits
+from smartfed.utils.intervals import wilson_interval
 from smartfed.utils.io import write_json_atomic
 
 
@@ -194,17 +195,6 @@ def evaluate_benchmark(
         "smartfed_version": __version__,
         "items": items,
     }
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> list[float] | None:
-    """The Wilson score interval of a proportion (95 % for z = 1.96): unlike the normal
-    approximation it stays inside [0, 1] and is not empty at 0/n, where small models sit."""
-    if n == 0:
-        return None
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def evaluate_loss(

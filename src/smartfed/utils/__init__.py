@@ -1,1 +1,1 @@
-"""Small shared helpers (atomic file writes, hashing)."""
+"""Small shared helpers (atomic file writes, hashing, intervals)."""

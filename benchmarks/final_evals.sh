@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Evaluations of each finished seed run's final model, beside the losses the run recorded itself,
+# each into a file in the run folder that reference_table.py reads. Resumable: a run that already
+# has a measure's file is skipped for that measure.
+#   benchmarks/final_evals.sh RESULTS_DIR [MEASURE ...]     e.g. benchmarks/results/target
+# Measures (default: all three, in this order):
+#   target_accuracy  greedy accuracy on the target's test slice (MGSM-zh: the generated
+#                    equation's value; GSM-Hard: the generated program run in the sandbox)
+#                    -> accuracy_target.json
+#   test_accuracy    the same scoring on the task's in-distribution test (Math23K; GSM8K as
+#                    PAL programs) -> accuracy_test.json
+#   style_shift      math_code only: answer-token loss on GSM-Hard's own reference programs
+#                    (another author's style, the original question in the docstring;
+#                    --max_seq_len 512 cuts no item, the result counts any cut) -> transfer_loss.json
+# SEEDS="0" limits the seeds (default: every seed); LIMIT items per measure (default 128).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${1:?usage: benchmarks/final_evals.sh RESULTS_DIR [MEASURE ...]}
+shift
+MEASURES=${*:-target_accuracy test_accuracy style_shift}
+DATA_DIR=${DATA_DIR:-../shared/data}
+SMARTFED=${SMARTFED:-.venv/bin/smartfed}
+LIMIT=${LIMIT:-128}
+SEEDS=${SEEDS:-}
+declare -A TARGET_BENCH=([cn_math]=mgsm_zh_math23k [math_code]=gsm_hard_gsm8k_pal)
+declare -A TEST_BENCH=([cn_math]=math23k [math_code]=gsm8k_pal)
+
+for measure in $MEASURES; do
+  case $measure in
+    target_accuracy | test_accuracy | style_shift) ;;
+    *) echo "final_evals.sh: unknown measure $measure (target_accuracy test_accuracy" \
+         "style_shift)" >&2
+       exit 2 ;;
+  esac
+done
+
+shopt -s nullglob
+for measure in $MEASURES; do
+  for task in cn_math math_code; do
+    case $measure in
+      target_accuracy) file=accuracy_target.json; flags=(--benchmark "${TARGET_BENCH[$task]}") ;;
+      test_accuracy) file=accuracy_test.json; flags=(--benchmark "${TEST_BENCH[$task]}") ;;
+      style_shift)
+        [[ $task == math_code ]] || continue
+        file=transfer_loss.json
+        flags=(--benchmark loss --data gsm_hard_pal --split test --max_seq_len 512) ;;
+    esac
+    for run in "$RESULTS/$task"/*/*/seed*/; do
+      run=${run%/}
+      seed=${run##*/seed}
+      [[ -z $SEEDS || " $SEEDS " == *" $seed "* ]] || continue
+      [[ -f $run/summary.json && ! -f $run/$file ]] || continue
+      # FedSA-LoRA keeps B on the clients: there is no global model to evaluate.
+      grep -q '"method": "fedsa_lora"' "$run/config.json" &&
+        { echo "skip $run (no global model)"; continue; }
+      # Weights are not committed above 1 MiB: a run finished on another machine may lack them.
+      [[ -d $run/final ]] || { echo "skip $run (no final weights: rerun it to measure)"; continue; }
+      echo "== $measure $run ($(date -u +%H:%M))"
+      "$SMARTFED" eval --run "$run" "${flags[@]}" --limit "$LIMIT" --data_dir "$DATA_DIR" \
+        --output "$run/$file"
+    done
+  done
+done
