@@ -78,7 +78,8 @@ run_entry() {
     # pool (a rank-1 residual LoRA), and the pool one module at a time.
     smartfed_router_x) entry smartfed_router_x smartfed "$ROUTER_GRID" --router lowrank \
       --router_rank 1 ;;
-    smartfed_k32) entry smartfed_k32 smartfed "$ROUTER_GRID" --topk_experts 32 ;;
+    # Top-K turns EEQA on unless told otherwise: uniform K needs --no-enable_eeqa.
+    smartfed_k32) entry smartfed_k32 smartfed "$ROUTER_GRID" --topk_experts 32 --no-enable_eeqa ;;
     smartfed_k32_eeqa) entry smartfed_k32_eeqa smartfed "$ROUTER_GRID" --topk_experts 32 \
       --enable_eeqa ;;
     smartfed_residual_r1) entry smartfed_residual_r1 smartfed "$ROUTER_GRID" --residual_rank 1 ;;
@@ -90,11 +91,12 @@ run_entry() {
     # smartfed_router_x) x routing (dense; K = 32; K = 32 with EEQA); diag_lowrank's three are
     # smartfed, smartfed_k32 and smartfed_k32_eeqa.
     smartfed_diagonal) entry "$1" smartfed "$ROUTER_GRID" --router diagonal ;;
-    smartfed_diagonal_k32) entry "$1" smartfed "$ROUTER_GRID" --router diagonal --topk_experts 32 ;;
+    smartfed_diagonal_k32) entry "$1" smartfed "$ROUTER_GRID" --router diagonal --topk_experts 32 \
+      --no-enable_eeqa ;;
     smartfed_diagonal_k32_eeqa) entry "$1" smartfed "$ROUTER_GRID" --router diagonal \
       --topk_experts 32 --enable_eeqa ;;
     smartfed_router_x_k32) entry "$1" smartfed "$ROUTER_GRID" --router lowrank --router_rank 1 \
-      --topk_experts 32 ;;
+      --topk_experts 32 --no-enable_eeqa ;;
     smartfed_router_x_k32_eeqa) entry "$1" smartfed "$ROUTER_GRID" --router lowrank \
       --router_rank 1 --topk_experts 32 --enable_eeqa ;;
     smartfed_only_*)  # smartfed_only_MODULE: the task's pool without its other module

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from smartfed.assembly.config import gather
 from smartfed.cli.main import build_parser
+from smartfed.cli.run_command import given_settings
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 STEP = re.compile(r"^benchmarks/reference\.sh (\S+) (.+)$")
@@ -129,14 +131,23 @@ def test_target_entries_parse_and_tune_on_the_target(task, tmp_path):
         assert args.sweep, "every gate entry is tuned over a grid"
 
 
-ABLATION = {"smartfed_scale1": {"output_scale": "one"},
-            "smartfed_router_x": {"router": "lowrank", "router_rank": 1},
-            "smartfed_k32": {"topk_experts": 32, "enable_eeqa": None},
-            "smartfed_k32_eeqa": {"topk_experts": 32, "enable_eeqa": True},
-            "smartfed_residual_r1": {"residual_rank": 1}}  # fmt: skip
+# What each ablation entry's runs get, resolved as a run resolves its settings (top-K turns
+# EEQA on unless --no-enable_eeqa says otherwise).
+ABLATION = {"smartfed_scale1": {"output_scale": "one", "dense": True},
+            "smartfed_router_x": {"router": "lowrank", "router_rank": 1, "dense": True},
+            "smartfed_k32": {"topk_experts": 32, "enable_eeqa": False, "dense": False},
+            "smartfed_k32_eeqa": {"topk_experts": 32, "enable_eeqa": True, "dense": False},
+            "smartfed_residual_r1": {"residual_rank": 1, "dense": True}}  # fmt: skip
 
 
-ROUTINGS = {"dense": (None, None), "k32": (32, None), "k32_eeqa": (32, True)}
+def resolved_settings(argv: list[str]) -> dict:
+    """The method settings a run of this bench command records in its config.json."""
+    args = build_parser().parse_args(argv)
+    values = gather(preset=args.preset, config_file=args.config, overrides=given_settings(args))
+    return values.config_for(args.methods, strict=False).to_dict()["method_settings"]
+
+
+ROUTINGS = {"dense": (True, None, None), "k32": (False, 32, False), "k32_eeqa": (False, 32, True)}
 
 
 @pytest.mark.parametrize("task", ["cn_math", "math_code"])
@@ -153,7 +164,11 @@ def test_defaults_stage_completes_the_design_by_routing_grid(task, tmp_path):
         assert args.methods == "smartfed" and args.output_scale is None and args.sweep
         assert args.residual_rank is None and "_only_" not in args.output_dir
         design = (args.router or "diag_lowrank", args.router_rank)
-        routing = next(n for n, v in ROUTINGS.items() if v == (args.topk_experts, args.enable_eeqa))
+        run = resolved_settings(argv)
+        routing = next(
+            n for n, v in ROUTINGS.items()
+            if v == (run["dense"], run["topk_experts"], run["enable_eeqa"])
+        )  # fmt: skip
         cells.add((design, routing))
     designs = {("diag_lowrank", None), ("diagonal", None), ("lowrank", 1)}
     assert cells == {(d, r) for d in designs for r in ROUTINGS}
@@ -172,10 +187,10 @@ def test_ablation_entries_change_one_thing_each(task, modules, tmp_path):
     only = [f"smartfed_only_{m}" for m in modules]
     commands = recorded_commands(task, [*ABLATION, *only], tmp_path)
     parsed = [build_parser().parse_args(argv) for argv in commands]
-    for args, (entry, changed) in zip(parsed, ABLATION.items(), strict=False):
+    for argv, args, (entry, changed) in zip(commands, parsed, ABLATION.items(), strict=False):
         assert args.methods == "smartfed" and args.lora_pool == ",".join(modules), entry
         for setting, value in changed.items():
-            assert getattr(args, setting, None) == value, (entry, setting)
+            assert resolved_settings(argv)[setting] == value, (entry, setting)
     for args, module in zip(parsed[len(ABLATION) :], modules, strict=True):
         assert args.methods == "smartfed" and args.lora_pool == module
         assert args.output_dir.endswith(f"/{task}/smartfed_only_{module}")
