@@ -99,6 +99,12 @@ run_entry() {
       --topk_experts 32 --no-enable_eeqa ;;
     smartfed_router_x_k32_eeqa) entry "$1" smartfed "$ROUTER_GRID" --router lowrank \
       --router_rank 1 --topk_experts 32 --enable_eeqa ;;
+    # The paper's configuration one part at a time (beyond the bytes rule, so no default): its
+    # linear router dense, and with uniform K = 32; with smartfed_paper (K = 32 + EEQA) and
+    # smartfed_k32_eeqa (the defaults' router) they say which part makes it the best SmartFed.
+    smartfed_paper_dense) entry "$1" smartfed 2e-3,1e-2,5e-2 --router linear ;;
+    smartfed_paper_k32) entry "$1" smartfed 2e-3,1e-2,5e-2 --router linear --topk_experts 32 \
+      --no-enable_eeqa ;;
     smartfed_only_*)  # smartfed_only_MODULE: the task's pool without its other module
       local module=${1#smartfed_only_}
       [[ ,$POOL_OLD, == *,"$module",* ]] || {

@@ -24,6 +24,9 @@ declare -A ONLY=([cn_math]="smartfed_only_cn_chat smartfed_only_en_math"
 # diagonal / diag_lowrank / lowrank r 1 x dense / K = 32 / K = 32 with EEQA.
 DEFAULTS="smartfed_diagonal smartfed_diagonal_k32 smartfed_diagonal_k32_eeqa smartfed_router_x_k32
           smartfed_router_x_k32_eeqa"
+# The paper's configuration one part at a time (its linear router dense / uniform K = 32):
+# beyond the bytes rule, run after the defaults' grid to say which part makes it the best SmartFed.
+PAPER_PARTS="smartfed_paper_dense smartfed_paper_k32"
 SEEDED="fedit smartfed fed_sb_r26 fedit_r1 smartfed_paper fedit_r2 ffa_lora ffa_lora_r2
         fedit_bf16 fed_sb_r31 pool_bridge mole merge"
 
@@ -37,7 +40,7 @@ for stage in ${*:-gate ablation defaults finalists seeds accuracy tables}; do
       done ;;
     defaults)
       for task in math_code cn_math; do
-        OUT=$OUT SEEDS=0 benchmarks/reference.sh "$task" $DEFAULTS
+        OUT=$OUT SEEDS=0 benchmarks/reference.sh "$task" $DEFAULTS $PAPER_PARTS
       done ;;
     finalists)
       # The defaults and the two best other cells (seed 0, dev slice) again with seeds 1 and 2 at

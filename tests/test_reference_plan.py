@@ -287,3 +287,18 @@ def test_final_evals_score_each_seed_run_once_with_the_tasks_benchmarks(tmp_path
     bad = subprocess.run([str(BENCHMARKS / "final_evals.sh"), str(results), "nonsense"],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "unknown measure nonsense" in bad.stderr
+
+
+@pytest.mark.parametrize("task", ["cn_math", "math_code"])
+def test_paper_parts_change_one_part_of_the_papers_configuration(task, tmp_path):
+    """smartfed_paper's linear router dense and with uniform K = 32, on its own grid, run by the
+    defaults stage: with smartfed_paper and smartfed_k32_eeqa they isolate each part."""
+    text = (BENCHMARKS / "target_all.sh").read_text()
+    parts = re.search(r'PAPER_PARTS="([^"]+)"', text)[1].split()
+    commands = recorded_commands(task, ["smartfed_paper", *parts], tmp_path)
+    runs = [resolved_settings(argv) for argv in commands]
+    routing = [(r["router"], r["dense"], r["topk_experts"], r["enable_eeqa"]) for r in runs]
+    assert routing == [("linear", False, 32, True), ("linear", True, None, None),
+                       ("linear", False, 32, False)]  # fmt: skip
+    sweeps = {tuple(build_parser().parse_args(argv).sweep) for argv in commands}
+    assert len(sweeps) == 1  # the same grid as the paper's configuration
