@@ -131,12 +131,19 @@ def within_bytes(cells: dict[str, dict[str, dict[str, Any] | None]], caps: dict[
     )
 
 
-def finalists(root: Path) -> list[str]:
+def load(root: Path) -> tuple[dict[str, dict[str, dict[str, Any] | None]], dict[str, int | None]]:
+    """Every task's cells (:func:`task_cells`) and bytes cap (:func:`bytes_cap`)."""
+    return (
+        {task: task_cells(root, task) for task in TASKS},
+        {task: bytes_cap(root, task) for task in TASKS},
+    )
+
+
+def finalists(root: Path, loaded: tuple[dict, dict] | None = None) -> list[str]:
     """The defaults and the CHALLENGERS best-scoring other cells within the bytes rule; raises
     SystemExit naming what is missing while the seed-0 grid is incomplete."""
-    cells = {task: task_cells(root, task) for task in TASKS}
+    cells, caps = loaded or load(root)
     missing = [f"{task}/{e}" for task in TASKS for e, c in cells[task].items() if c is None]
-    caps = {task: bytes_cap(root, task) for task in TASKS}
     missing += [f"{task}/{BYTES_REFERENCE}" for task, cap in caps.items() if cap is None]
     if missing:
         raise SystemExit(f"defaults_table.py: seed 0 not finished for {', '.join(missing)}")
@@ -182,10 +189,9 @@ def decide(cells: dict[str, dict[str, dict[str, Any] | None]], chosen: list[str]
 
 
 def table(root: Path) -> dict[str, Any]:
-    cells = {task: task_cells(root, task) for task in TASKS}
-    caps = {task: bytes_cap(root, task) for task in TASKS}
+    cells, caps = load(root)
     try:
-        chosen = finalists(root)
+        chosen = finalists(root, (cells, caps))
     except SystemExit:
         chosen = []
     return {
@@ -262,8 +268,8 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     if args.finalists:
-        cells = {task: task_cells(args.results, task) for task in TASKS}
-        for entry in finalists(args.results):
+        cells, caps = load(args.results)
+        for entry in finalists(args.results, (cells, caps)):
             for task in TASKS:
                 (rate,) = cells[task][entry]["chosen"].values()
                 print(task, entry, rate)
