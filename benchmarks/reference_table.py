@@ -42,6 +42,7 @@ from smartfed.bench.layout import (
     run_curve,
     run_dir,
     seed_of,
+    setup_bytes,
     tune_run_dir,
 )
 from smartfed.bench.stats import REFERENCE, TARGET_FACTOR, TIE_RULE_TABLE, mean_std, verdict
@@ -225,15 +226,19 @@ def _entry(
     summaries = [read_json(run / "summary.json") for run in runs]
     finals = [_final_loss(run, metric.key) for run in runs]
     totals = [s.get("bytes_up", 0) + s.get("bytes_down", 0) for s in summaries]
+    setups = [setup_bytes(run) for run in runs]  # one-off bytes (Fed-SB), in the totals too
     transfer = [run / TRANSFER_FILE for run in runs if (run / TRANSFER_FILE).is_file()]
     transfer_results = [read_json(path) for path in transfer]
+    if any(setups):  # (absent otherwise: the reference pages' summary.json stays as it was)
+        row["setup_bytes"] = statistics.mean(setups)
     row.update(
         {
             "per_seed": dict(zip(row["seeds"], finals, strict=True)),
             "final_loss": mean_std(finals),
+            # A round's bytes in the steady state: the one-off bytes are shown on their own.
             "bytes_per_round": statistics.mean(
-                total / s["rounds"] if s.get("rounds") else 0
-                for total, s in zip(totals, summaries, strict=True)
+                (total - setup) / s["rounds"] if s.get("rounds") else 0
+                for total, setup, s in zip(totals, setups, summaries, strict=True)
             ),
             "total_bytes": statistics.mean(totals),
             "wall_s": statistics.mean(s.get("wall_s") or 0.0 for s in summaries),
@@ -409,6 +414,14 @@ def _grid_text(entry: dict, key: str = CHOICE_KEY[EVAL.grid]) -> str:
     return ", ".join(cells)
 
 
+def _per_round_text(entry: dict) -> str:
+    """MiB a round, and the one-off MiB (Fed-SB's broadcast before round 1) where there are."""
+    text = mib(entry["bytes_per_round"])
+    if entry.get("setup_bytes"):
+        text += f" (+ {mib(entry['setup_bytes'])} once)"
+    return text
+
+
 def _finished(entries: list[dict]) -> list[dict]:
     """The entries with a finished seed run, lowest mean final loss first (no figure: last)."""
     finished = [e for e in entries if "final_loss" in e]
@@ -486,7 +499,13 @@ def markdown(
         "",
         "Mean ± sample standard deviation over the finished seeds (n = finished / planned). "
         f"Verdict against FedIT: {TIE_RULE_TABLE}. Bytes are up + down, mean over seeds; wall "
-        "time is the mean per test run.",
+        "time is the mean per test run."
+        + (
+            " MiB / round leaves out one-off bytes, shown beside it (+ once; Fed-SB's broadcast "
+            "of its frozen A and B before round 1); MiB total counts them."
+            if any(e.get("setup_bytes") for e in finished)
+            else ""
+        ),
         "",
     ]
     header = ["entry", "method", "chosen lr", _grid_header(metric, finished), "seeds n",
@@ -507,7 +526,7 @@ def markdown(
         ]  # fmt: skip
         if metric is not EVAL:
             cells.append(_pm(e["in_distribution_loss"]))
-        cells += [mib(e["bytes_per_round"]), mib(e["total_bytes"]), f"{e['wall_s']:.0f}"]
+        cells += [_per_round_text(e), mib(e["total_bytes"]), f"{e['wall_s']:.0f}"]
         if transfer:
             cells.append(_pm(e.get("transfer_loss")))
         cells += [accuracy_text(e["accuracy"][which]) for which in scored]

@@ -74,6 +74,8 @@ for stage in ${*:-gate seeds accuracy tables ablation defaults finalists}; do
       for task in cn_math math_code; do
         "$PY" benchmarks/reference_table.py "$task" --results "$OUT" --metric target_loss
       done
+      # The README's results table, from those pages (the default folder's only).
+      if [[ $OUT == benchmarks/results/target ]]; then "$PY" benchmarks/readme_table.py --write; fi
       "$PY" benchmarks/claims.py --metric target_loss ;;
     *) echo "target_all.sh: unknown stage $stage (gate seeds accuracy tables ablation" \
          "defaults finalists)" >&2

@@ -439,3 +439,31 @@ def test_target_accuracy_columns_pool_the_scored_seeds(table, tmp_path):
     score("fedit", 1, "accuracy_target.json", 20)  # 20/256 = 7.8 %: off the floor
     text = table.write_outputs("task", task, "cmd", metric="target_loss", with_plot=False)
     assert "every scored entry is at the floor" not in text
+
+
+def test_one_off_bytes_are_shown_apart_from_a_round(table, tmp_path):
+    """Fed-SB's broadcast before round 1 (``bytes_setup``, inside round 1's bytes_down) is not a
+    round's traffic: MiB / round leaves it out and shows it beside, MiB total keeps it."""
+    task = _task(tmp_path, on_target=True)
+    setup = 3 * 2**20
+    for seed in (0, 1, 2):
+        metrics = task / "smartfed" / "smartfed" / f"seed{seed}" / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        rows[0]["bytes_down"] += setup
+        rows[0]["bytes_setup"] = setup
+        metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        summary_path = metrics.parent / "summary.json"
+        summary = json.loads(summary_path.read_text())
+        summary["bytes_down"] += setup
+        summary_path.write_text(json.dumps(summary))
+    text = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
+    entries = json.loads((task / "summary.json").read_text())["entries"]
+    up, down = UP_DOWN["smartfed"]
+    rounds = len(ROUTER[0]) - 1
+    assert entries["smartfed"]["bytes_per_round"] == pytest.approx(up + down)
+    assert entries["smartfed"]["setup_bytes"] == setup
+    assert entries["smartfed"]["total_bytes"] == pytest.approx((up + down) * rounds + setup)
+    assert "setup_bytes" not in entries["fedit"]
+    row = next(line for line in text.splitlines() if line.startswith("| smartfed |"))
+    assert f"| {table.mib(up + down)} (+ 3.00 once) |" in row
+    assert "leaves out one-off bytes" in text

@@ -116,3 +116,12 @@ def run_curve(run_dir: Path, metric: str = "eval_loss") -> list[tuple[int, float
         if metric in row:
             curve.append((row["round"], row[metric], total))
     return curve
+
+
+def setup_bytes(run_dir: Path) -> int:
+    """The one-off bytes of a run folder (``bytes_setup`` in metrics.jsonl: Fed-SB's broadcast of
+    its frozen A and B before round 1), already counted in that round's ``bytes_down``; 0 for a
+    method without one."""
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
+    return sum(json.loads(line).get("bytes_setup", 0) for line in filter(None, lines))
