@@ -12,7 +12,8 @@
 #   style_shift      math_code only: answer-token loss on GSM-Hard's own reference programs
 #                    (another author's style, the original question in the docstring;
 #                    --max_seq_len 512 cuts no item, the result counts any cut) -> transfer_loss.json
-# SEEDS="0" limits the seeds (default: every seed); LIMIT items per measure (default 128).
+# SEEDS="0" limits the seeds (default: every seed), ENTRIES="fedit smartfed" the entry folders
+# (default: every folder); LIMIT items per measure (default 128).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:?usage: benchmarks/final_evals.sh RESULTS_DIR [MEASURE ...]}
@@ -22,6 +23,7 @@ DATA_DIR=${DATA_DIR:-../shared/data}
 SMARTFED=${SMARTFED:-.venv/bin/smartfed}
 LIMIT=${LIMIT:-128}
 SEEDS=${SEEDS:-}
+ENTRIES=$(echo ${ENTRIES:-})  # one line, single spaces
 declare -A TARGET_BENCH=([cn_math]=mgsm_zh_math23k [math_code]=gsm_hard_gsm8k_pal)
 declare -A TEST_BENCH=([cn_math]=math23k [math_code]=gsm8k_pal)
 
@@ -49,6 +51,9 @@ for measure in $MEASURES; do
       run=${run%/}
       seed=${run##*/seed}
       [[ -z $SEEDS || " $SEEDS " == *" $seed "* ]] || continue
+      entry=${run#"$RESULTS/$task/"}
+      entry=${entry%%/*}
+      [[ -z $ENTRIES || " $ENTRIES " == *" $entry "* ]] || continue
       [[ -f $run/summary.json && ! -f $run/$file ]] || continue
       # FedSA-LoRA keeps B on the clients: there is no global model to evaluate.
       grep -q '"method": "fedsa_lora"' "$run/config.json" &&

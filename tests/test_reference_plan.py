@@ -289,6 +289,30 @@ def test_final_evals_score_each_seed_run_once_with_the_tasks_benchmarks(tmp_path
     assert bad.returncode == 2 and "unknown measure nonsense" in bad.stderr
 
 
+def test_final_evals_entries_limit_the_folders(tmp_path):
+    """ENTRIES names the entry folders to score (target_all.sh: the reference entries, not the
+    ablation's); an entry whose name is a prefix of another's is not mistaken for it."""
+    results = tmp_path / "target"
+    for entry in ("fedit", "fedit_r1", "smartfed_k32"):
+        run = results / "cn_math" / entry / "x" / "seed0"
+        (run / "final").mkdir(parents=True)
+        (run / "summary.json").write_text("{}")
+        (run / "config.json").write_text("{}")
+    log = tmp_path / "argv.log"
+    stub = tmp_path / "smartfed"
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
+    stub.chmod(0o755)
+    done = subprocess.run(
+        [str(BENCHMARKS / "final_evals.sh"), str(results), "target_accuracy"],
+        capture_output=True, text=True,
+        env=dict(os.environ, SMARTFED=str(stub), ENTRIES="fedit\n  smartfed_k32"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    runs = [build_parser().parse_args(shlex.split(line)).run_dir
+            for line in log.read_text().splitlines()]  # fmt: skip
+    assert [Path(r).parts[-3] for r in runs] == ["fedit", "smartfed_k32"]
+
+
 @pytest.mark.parametrize("task", ["cn_math", "math_code"])
 def test_paper_parts_change_one_part_of_the_papers_configuration(task, tmp_path):
     """smartfed_paper's linear router dense and with uniform K = 32, on its own grid, run by the
