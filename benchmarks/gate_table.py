@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from smartfed.bench.layout import final_loss, finished_runs, read_run, run_curve
+from smartfed.bench.question import DEFAULTS, equal_bytes_rivals
 from smartfed.bench.stats import REFERENCE
 from smartfed.bench.tables import (
     ACCURACY_FILES,
@@ -35,10 +36,6 @@ from smartfed.utils.io import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "target"
 TASKS = ("cn_math", "math_code")
-# Knowledge-free baselines are compared with SmartFed's defaults when they send at least as much.
-KNOWLEDGE_FREE = ("fedit", "fedit_r1", "fedit_r2", "ffa_lora_r2", "fedit_bf16", "fed_sb_r26",
-                  "fed_sb_r31")  # fmt: skip
-DEFAULTS = "smartfed"  # SmartFed's defaults: the ablation compares every other SmartFed run to it
 # What may differ between an ablation run and the defaults' run without being the ablation.
 NOT_THE_ABLATION = {"learning_rate", "output_dir", "seed"}
 
@@ -136,13 +133,11 @@ def gate_answer(rows: list[dict[str, Any]]) -> str:
     """Whether SmartFed's defaults end below every knowledge-free entry that sends at least as
     many bytes a round (seed 0 only: a direction, not a verdict)."""
     by_entry = {r["entry"]: r for r in rows}
-    ours = by_entry.get("smartfed")
+    ours = by_entry.get(DEFAULTS)
     if ours is None:
         return "SmartFed's defaults have not finished yet."
-    floor = ours["bytes_per_round"]
-    rivals = [
-        r for e, r in by_entry.items() if e in KNOWLEDGE_FREE and r["bytes_per_round"] >= floor
-    ]
+    sent = {e: r["bytes_per_round"] for e, r in by_entry.items()}
+    rivals = [by_entry[e] for e in equal_bytes_rivals(sent)]
     if not rivals:
         return "No finished knowledge-free entry sends at least SmartFed's bytes a round yet."
     beaten = [r["entry"] for r in rivals if ours["target_test_loss"] < r["target_test_loss"]]

@@ -45,6 +45,7 @@ from smartfed.bench.layout import (
     setup_bytes,
     tune_run_dir,
 )
+from smartfed.bench.question import BYTES_FACTOR, DEFAULTS, answer
 from smartfed.bench.stats import REFERENCE, TARGET_FACTOR, TIE_RULE_TABLE, mean_std, verdict
 from smartfed.bench.tables import (
     ACCURACY_FILES,
@@ -89,6 +90,7 @@ class Metric:
     # Entries of the reference run that this folder may leave out (named under the table).
     not_rerun: tuple[str, ...] = ()
     scatter: str | None = None  # the final-loss-vs-bytes-a-round plot's file, if any
+    question: bool = False  # answer smartfed.bench.question (the target re-run's question)
 
 
 EVAL = Metric(
@@ -123,6 +125,7 @@ TARGET = Metric(
     target_text=GAIN_TARGET_TEXT,
     not_rerun=("lorahub", "fedsa_lora"),
     scatter="final_vs_bytes.png",
+    question=True,
 )
 METRICS = {metric.key: metric for metric in (EVAL, TARGET)}
 
@@ -386,7 +389,10 @@ def summarise(entries: list[dict], metric: Metric = EVAL) -> dict[str, Any]:
                 "bytes_ratio_vs_fedit": _ratio(ref and ref["bytes"], mine and mine["bytes"]),
                 "rounds_ratio_vs_fedit": _ratio(ref and ref["round"], mine and mine["round"]),
             }
-    return {"targets": target_values, "missing_targets": missing}
+    result = {"targets": target_values, "missing_targets": missing}
+    if metric.question:
+        result["question"] = answer({e["name"]: e for e in finished})
+    return result
 
 
 def _pm(stats: dict[str, Any] | None, spec: str = ".4f") -> str:
@@ -420,6 +426,66 @@ def _per_round_text(entry: dict) -> str:
     if entry.get("setup_bytes"):
         text += f" (+ {mib(entry['setup_bytes'])} once)"
     return text
+
+
+QUESTION_WORDS = {True: "yes", False: "no", None: "not decided yet (fewer than 2 seeds)"}
+
+
+def question_lines(result: dict[str, Any] | None, metric: Metric) -> list[str]:
+    """The page's answer to :mod:`smartfed.bench.question`."""
+    lines = [
+        "",
+        "## The question",
+        "",
+        f"Do SmartFed's defaults (`{DEFAULTS}`) end with a lower {metric.loss} than every "
+        "knowledge-free baseline that sends at least their bytes a round (a tie is not lower), "
+        f"and reach FedIT r 32's best {metric.short} with at least {BYTES_FACTOR}x fewer total "
+        "bytes?",
+        "",
+    ]
+    if result is None:
+        return [*lines, f"Not yet: `{DEFAULTS}` has no finished seed run."]
+    rivals = result["rivals"]
+    if rivals:
+        lines += [
+            f"| baseline | MiB / round | final {metric.loss} | SmartFed's defaults vs it |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['entry']} | {mib(r['bytes_per_round'])} | {_pm(r['final_loss'])} | "
+            f"{r['defaults_vs_entry'] or '– (fewer than 2 seeds)'} |"
+            for r in rivals
+        ]
+        lines.append("")
+    lower = result["lower_than_every_rival"]
+    if not rivals:
+        lines.append("- Lower than every such baseline: yes (none has finished a seed run).")
+    else:
+        lines.append(f"- Lower than every such baseline: {QUESTION_WORDS[lower]}.")
+    reach_fedit = result["bytes"]
+    if reach_fedit is None:
+        lines.append("- FedIT r 32's best: not known (no finished `fedit` seed run).")
+    else:
+        head = (
+            f"- FedIT r 32's best {metric.short} is {reach_fedit['fedit_best']:.4f} (its "
+            f"seed-mean curve's lowest, round {reach_fedit['fedit_round']}, after "
+            f"{mib(reach_fedit['fedit_bytes'])} MiB). "
+        )
+        if reach_fedit["defaults_round"] is None:
+            lines.append(head + "SmartFed's defaults never reach it within their rounds.")
+        else:
+            factor = reach_fedit["fewer_by"]
+            factor_text = "∞" if factor == float("inf") else f"{factor:.1f}x"
+            lines.append(
+                head + f"SmartFed's defaults reach it at round {reach_fedit['defaults_round']} "
+                f"after {mib(reach_fedit['defaults_bytes'])} MiB: {factor_text} fewer bytes "
+                f"(at least {BYTES_FACTOR}x asked)."
+            )
+        if reach_fedit["holds"] is None:
+            lines[-1] += " No verdict: fewer than 2 seeds on either side."
+
+    lines.append(f"- Answer: **{QUESTION_WORDS[result['holds']]}**.")
+    return lines
 
 
 def _finished(entries: list[dict]) -> list[dict]:
@@ -539,6 +605,8 @@ def markdown(
             "run whose weights are gone must be rerun to get one).",
         ]
     lines += accuracy_notes(finished, scored)
+    if metric.question:
+        lines += question_lines(summary.get("question"), metric)
     if waiting:
         lines += ["", "No finished test run yet (tuning or the first seed still running):"]
         lines += [f"- {e['name']} ({e['method']}): grid {_grid_text(e, grid_key)}" for e in waiting]
@@ -741,6 +809,7 @@ def write_outputs(
         "targets": summary["targets"],
         "target_definitions": spec.target_text,
         "missing_targets": summary["missing_targets"],
+        **({"question": summary["question"]} if spec.question else {}),
         "ratios": "FedIT's figure / the entry's; null: either did not reach the target; "
         f'"{INF}": the entry reached it at round 0 and FedIT did not',
         "entries": {e["name"]: _json_ready(e) for e in entries},

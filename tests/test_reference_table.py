@@ -365,7 +365,7 @@ def test_target_metric(table, tmp_path):
         f"{statistics.mean(evals):.4f} ± {statistics.stdev(evals):.4f} | 0.00 |"
     ) in text
     assert "| mole | mole | 5e-2 | 1e-2: 1.650, **5e-2: 1.550**, 2e-1: … | 1/3 |" in text
-    rows = [line.split(" | ")[0] for line in text.split("## Rounds")[0].splitlines()]
+    rows = [line.split(" | ")[0] for line in text.split("## The question")[0].splitlines()]
     order = [row.removeprefix("| ") for row in rows if row.removeprefix("| ") in entries]
     assert order == sorted(entries, key=lambda n: entries[n]["final_loss"]["mean"])
     assert "### T50 = 1.4150" in text and "### T90 = 0.9470" in text
@@ -467,3 +467,24 @@ def test_one_off_bytes_are_shown_apart_from_a_round(table, tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| smartfed |"))
     assert f"| {table.mib(up + down)} (+ 3.00 once) |" in row
     assert "leaves out one-off bytes" in text
+
+
+def test_target_pages_answer_the_question(table, tmp_path):
+    """The target page's "The question": FedIT is the one knowledge-free entry here and sends
+    more; the defaults tie with it (not lower) and never reach its best mean loss (0.83)."""
+    task = _task(tmp_path, on_target=True)
+    text = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
+    section = text.split("## The question")[1].split("## Rounds and bytes")[0]
+    fedit = statistics.mean(s[-1] for s in FEDIT_T.values())
+    assert f"| fedit | {table.mib(sum(UP_DOWN['fedit']))} | {fedit:.4f} ± " in section
+    assert "| tie |" in section
+    assert "- Lower than every such baseline: no." in section
+    assert "best target loss is 0.8300 (its seed-mean curve's lowest, round 3" in section
+    assert "SmartFed's defaults never reach it within their rounds." in section
+    assert "- Answer: **no**." in section
+    question = json.loads((task / "summary.json").read_text())["question"]
+    assert question["holds"] is False and question["bytes"]["defaults_round"] is None
+    # The in-distribution pages do not ask it.
+    text = table.write_outputs("task", task, "cmd", with_plot=False)
+    assert "## The question" not in text
+    assert "question" not in json.loads((task / "summary.json").read_text())

@@ -18,6 +18,7 @@ TORCH_FREE = [
     "smartfed.bench.stats",
     "smartfed.bench.layout",
     "smartfed.bench.tables",
+    "smartfed.bench.question",
 ]
 
 
