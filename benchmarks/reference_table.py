@@ -605,8 +605,6 @@ def markdown(
             "run whose weights are gone must be rerun to get one).",
         ]
     lines += accuracy_notes(finished, scored)
-    if metric.question:
-        lines += question_lines(summary.get("question"), metric)
     if waiting:
         lines += ["", "No finished test run yet (tuning or the first seed still running):"]
         lines += [f"- {e['name']} ({e['method']}): grid {_grid_text(e, grid_key)}" for e in waiting]
@@ -618,6 +616,8 @@ def markdown(
             f"Not re-run: {', '.join(not_rerun)} (no folder here; their in-distribution results "
             "are in `benchmarks/results/reference/`).",
         ]
+    if metric.question:
+        lines += question_lines(summary.get("question"), metric)
     lines += [
         "",
         "## Rounds and bytes to target",
