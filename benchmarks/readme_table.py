@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from smartfed.bench.tables import mib, read_json
+from smartfed.bench.tables import per_round_text, read_json
 from smartfed.utils.io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,14 +77,6 @@ def _loss(entry: dict[str, Any] | None, key: str, best: float | None) -> str:
     return text
 
 
-def _per_round(entry: dict[str, Any]) -> str:
-    """MiB a round, and the one-off MiB (Fed-SB's broadcast before round 1) where there are."""
-    text = mib(entry["bytes_per_round"])
-    if entry.get("setup_bytes"):
-        text += f" (+ {mib(entry['setup_bytes'])} once)"
-    return text
-
-
 def _finished(summary: dict[str, Any], name: str) -> dict[str, Any] | None:
     entry = summary["entries"].get(name)
     return entry if entry and entry.get("final_loss") else None
@@ -118,7 +110,7 @@ def table(summaries: dict[str, dict[str, Any]]) -> str:
         cells = [label]
         for key in ("final_loss", "in_distribution_loss"):
             cells += [_loss(entries[t], key, lowest[t, key]) for t in TASKS]
-        cells.append(" / ".join(sorted({_per_round(e) for e in entries.values() if e})))
+        cells.append(" / ".join(sorted({per_round_text(e) for e in entries.values() if e})))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -59,6 +59,7 @@ from smartfed.bench.tables import (
     first_reach,
     gain_targets,
     mib,
+    per_round_text,
     pooled_accuracy,
     read_json,
 )
@@ -420,14 +421,6 @@ def _grid_text(entry: dict, key: str = CHOICE_KEY[EVAL.grid]) -> str:
     return ", ".join(cells)
 
 
-def _per_round_text(entry: dict) -> str:
-    """MiB a round, and the one-off MiB (Fed-SB's broadcast before round 1) where there are."""
-    text = mib(entry["bytes_per_round"])
-    if entry.get("setup_bytes"):
-        text += f" (+ {mib(entry['setup_bytes'])} once)"
-    return text
-
-
 QUESTION_WORDS = {True: "yes", False: "no", None: "not decided yet (fewer than 2 seeds)"}
 
 
@@ -592,7 +585,7 @@ def markdown(
         ]  # fmt: skip
         if metric is not EVAL:
             cells.append(_pm(e["in_distribution_loss"]))
-        cells += [_per_round_text(e), mib(e["total_bytes"]), f"{e['wall_s']:.0f}"]
+        cells += [per_round_text(e), mib(e["total_bytes"]), f"{e['wall_s']:.0f}"]
         if transfer:
             cells.append(_pm(e.get("transfer_loss")))
         cells += [accuracy_text(e["accuracy"][which]) for which in scored]

@@ -65,6 +65,15 @@ def mib(value: float) -> str:
     return f"{value / 2**20:,.2f}"
 
 
+def per_round_text(entry: dict[str, Any]) -> str:
+    """A table entry's MiB a round, and its one-off MiB beside it where it has any
+    (``setup_bytes``: Fed-SB's broadcast of its frozen A and B before round 1)."""
+    text = mib(entry["bytes_per_round"])
+    if entry.get("setup_bytes"):
+        text += f" (+ {mib(entry['setup_bytes'])} once)"
+    return text
+
+
 # A final model's greedy accuracy, written by benchmarks/final_evals.sh into its run folder.
 ACCURACY_FILES = {"target": "accuracy_target.json", "test": "accuracy_test.json"}
 # Accuracy at or below this is "at the floor": a +10-point difference between methods is then
