@@ -252,30 +252,38 @@ def test_finalists_rerun_the_chosen_rate_with_seeds_1_and_2_on_the_dev_slice(tmp
     assert all(a.topk_experts == 32 for a in parsed[2:]) and parsed[0].topk_experts is None
 
 
-def test_final_evals_score_each_seed_run_once_with_the_tasks_benchmarks(tmp_path):
-    """final_evals.sh: accuracy on the target's test slice and on the in-distribution test per
-    task, the style-shift loss on math_code only; SEEDS limits the seeds; done files are kept."""
-    results = tmp_path / "target"
-    for task, seed in (("cn_math", 0), ("cn_math", 1), ("math_code", 0)):
-        run = results / task / "fedit" / "fedit" / f"seed{seed}"
-        (run / "final").mkdir(parents=True)
-        (run / "summary.json").write_text("{}")
-        (run / "config.json").write_text(json.dumps({"method": "fedit"}, indent=0))
-    done_run = results / "math_code" / "fedit" / "fedit" / "seed0"
-    (done_run / "accuracy_test.json").write_text("{}")
+def _finished_run(run: Path, config: dict) -> None:
+    """A finished seed run with final weights, as final_evals.sh looks for them."""
+    (run / "final").mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps(config, indent=0))
+
+
+def _final_evals(tmp_path: Path, argv: list[str], **env: str) -> list:
+    """final_evals.sh ARGV with a stub smartfed that records its calls: their parsed args."""
     log = tmp_path / "argv.log"
     stub = tmp_path / "smartfed"
     stub.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
     stub.chmod(0o755)
     done = subprocess.run(
-        [str(BENCHMARKS / "final_evals.sh"), str(results)], capture_output=True, text=True,
-        env=dict(os.environ, SMARTFED=str(stub), SEEDS="0"),
+        [str(BENCHMARKS / "final_evals.sh"), *argv], capture_output=True, text=True,
+        env=dict(os.environ, SMARTFED=str(stub), **env),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return [build_parser().parse_args(shlex.split(line)) for line in lines]
+
+
+def test_final_evals_score_each_seed_run_once_with_the_tasks_benchmarks(tmp_path):
+    """final_evals.sh: accuracy on the target's test slice and on the in-distribution test per
+    task, the style-shift loss on math_code only; SEEDS limits the seeds; done files are kept."""
+    results = tmp_path / "target"
+    for task, seed in (("cn_math", 0), ("cn_math", 1), ("math_code", 0)):
+        _finished_run(results / task / "fedit" / "fedit" / f"seed{seed}", {"method": "fedit"})
+    done_run = results / "math_code" / "fedit" / "fedit" / "seed0"
+    (done_run / "accuracy_test.json").write_text("{}")
     got = []
-    for line in log.read_text().splitlines():
-        argv = shlex.split(line)
-        args = build_parser().parse_args(argv)
+    for args in _final_evals(tmp_path, [str(results)], SEEDS="0"):
         assert args.command == "eval" and args.limit == 128
         got.append((Path(args.run_dir).parts[-4], args.benchmark, Path(args.output).name))
     assert got == [
@@ -294,23 +302,11 @@ def test_final_evals_entries_limit_the_folders(tmp_path):
     ablation's); an entry whose name is a prefix of another's is not mistaken for it."""
     results = tmp_path / "target"
     for entry in ("fedit", "fedit_r1", "smartfed_k32"):
-        run = results / "cn_math" / entry / "x" / "seed0"
-        (run / "final").mkdir(parents=True)
-        (run / "summary.json").write_text("{}")
-        (run / "config.json").write_text("{}")
-    log = tmp_path / "argv.log"
-    stub = tmp_path / "smartfed"
-    stub.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
-    stub.chmod(0o755)
-    done = subprocess.run(
-        [str(BENCHMARKS / "final_evals.sh"), str(results), "target_accuracy"],
-        capture_output=True, text=True,
-        env=dict(os.environ, SMARTFED=str(stub), ENTRIES="fedit\n  smartfed_k32"),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    runs = [build_parser().parse_args(shlex.split(line)).run_dir
-            for line in log.read_text().splitlines()]  # fmt: skip
-    assert [Path(r).parts[-3] for r in runs] == ["fedit", "smartfed_k32"]
+        _finished_run(results / "cn_math" / entry / "x" / "seed0", {})
+    parsed = _final_evals(
+        tmp_path, [str(results), "target_accuracy"], ENTRIES="fedit\n  smartfed_k32"
+    )
+    assert [Path(args.run_dir).parts[-3] for args in parsed] == ["fedit", "smartfed_k32"]
 
 
 @pytest.mark.parametrize("task", ["cn_math", "math_code"])
