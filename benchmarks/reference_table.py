@@ -52,6 +52,7 @@ from smartfed.bench.tables import (
     FLOOR_ACCURACY,
     GAIN_TARGET_TEXT,
     GAIN_TARGETS,
+    INF,
     MERGE,
     TARGET_NEEDS,
     TARGET_TEXT,
@@ -67,7 +68,6 @@ from smartfed.bench.tables import (
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results" / "reference"
 TRANSFER_FILE = "transfer_loss.json"  # `smartfed eval --benchmark loss` output, per seed run
-INF = "inf"  # a ratio whose entry reached the target at round 0 (0 rounds, 0 bytes)
 # The grid column's loss per bench `--select_on` (what tuning chose on), and its words.
 CHOICE_KEY = {"validation": "validation_loss", "target": "target_dev_loss"}
 CHOICE_TEXT = {"validation": "validation loss", "target": "target dev loss"}
@@ -468,7 +468,7 @@ def question_lines(result: dict[str, Any] | None, metric: Metric) -> list[str]:
             lines.append(head + "SmartFed's defaults never reach it within their rounds.")
         else:
             factor = reach_fedit["fewer_by"]
-            factor_text = "∞" if factor == float("inf") else f"{factor:.1f}x"
+            factor_text = "∞" if factor == INF else f"{factor:.1f}x"
             lines.append(
                 head + f"SmartFed's defaults reach it at round {reach_fedit['defaults_round']} "
                 f"after {mib(reach_fedit['defaults_bytes'])} MiB: {factor_text} fewer bytes "

@@ -92,3 +92,10 @@ def test_without_the_defaults_or_fedit():
     assert answer({"fedit": _entry([0.7, 0.7], 30 * MIB, FEDIT_CURVE)}) is None
     result = answer({"smartfed": _entry([0.5, 0.5], MIB)})
     assert result["rivals"] == [] and result["bytes"] is None and result["holds"] is None
+
+
+def test_reaching_fedits_best_before_training():
+    """At round 0 the defaults have sent nothing: "inf" times fewer bytes (a JSON-safe string)."""
+    ours = _entry([0.5, 0.5], MIB, [(0, 0.55, 0), (1, 0.5, MIB)])
+    result = answer({"smartfed": ours, "fedit": _entry([0.7, 0.7], 30 * MIB, FEDIT_CURVE)})
+    assert result["bytes"]["fewer_by"] == "inf" and result["bytes"]["holds"] is True

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from smartfed.bench.stats import BETTER, REFERENCE, verdict
+from smartfed.bench.tables import INF
 
 DEFAULTS = "smartfed"  # the entry holding SmartFed's defaults
 # Methods that reuse no pool knowledge: FedIT, FFA-LoRA and Fed-SB at their sizes.
@@ -66,9 +67,9 @@ def answer(entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     if fedit and fedit.get("curve"):
         best = min(fedit["curve"], key=lambda point: point["mean"])
         mine = _first_at_or_below(ours.get("curve") or [], best["mean"])
-        factor = None
+        factor: float | str | None = None
         if mine is not None:
-            factor = float("inf") if mine["bytes"] == 0 else best["bytes"] / mine["bytes"]
+            factor = INF if mine["bytes"] == 0 else best["bytes"] / mine["bytes"]
         result["bytes"] = {
             "fedit_best": best["mean"],
             "fedit_round": best["round"],
@@ -77,7 +78,7 @@ def answer(entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
             "defaults_bytes": mine and mine["bytes"],
             "fewer_by": factor,
             # Like the tie rule, no verdict below 2 seeds on either side.
-            "holds": (factor is not None and factor >= BYTES_FACTOR)
+            "holds": factor is not None and (factor == INF or factor >= BYTES_FACTOR)
             if min(ours["final_loss"]["n"], fedit["final_loss"]["n"]) >= 2
             else None,
         }

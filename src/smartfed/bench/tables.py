@@ -16,6 +16,7 @@ from smartfed.bench.stats import REFERENCE, TARGET_FACTOR
 from smartfed.utils.intervals import wilson_interval
 
 MERGE = "merge"  # the entry that merges the pool and trains nothing
+INF = "inf"  # a ratio whose entry reached the target at round 0 (0 rounds, 0 bytes); JSON-safe
 TARGET_TEXT = {
     "T_merge": "merge's mean final loss",
     "T_half": "halfway from merge's to FedIT's mean final loss: merge + (FedIT - merge) / 2",
