@@ -54,6 +54,7 @@ from smartfed.bench.tables import (
     GAIN_TARGETS,
     INF,
     MERGE,
+    TARGET_ENTRIES,
     TARGET_NEEDS,
     TARGET_TEXT,
     accuracy_text,
@@ -92,6 +93,8 @@ class Metric:
     not_rerun: tuple[str, ...] = ()
     scatter: str | None = None  # the final-loss-vs-bytes-a-round plot's file, if any
     question: bool = False  # answer smartfed.bench.question (the target re-run's question)
+    # The bench folders the page is about (None: every one); the others are named under it.
+    entries: tuple[str, ...] | None = None
 
 
 EVAL = Metric(
@@ -127,6 +130,7 @@ TARGET = Metric(
     not_rerun=("lorahub", "fedsa_lora"),
     scatter="final_vs_bytes.png",
     question=True,
+    entries=TARGET_ENTRIES,
 )
 METRICS = {metric.key: metric for metric in (EVAL, TARGET)}
 
@@ -270,10 +274,25 @@ def _target_set_text(target: dict[str, Any]) -> str:
     return f"{target.get('data')}, {target.get('split')} slice, {target.get('samples')} items"
 
 
+def _bench_dirs(task_dir: Path) -> list[Path]:
+    return sorted(p for p in task_dir.iterdir() if p.is_dir())
+
+
+def studies(task_dir: Path, metric: Metric) -> list[str]:
+    """The bench folders under task_dir that the metric's page leaves out (neither its entries
+    nor those it marks not re-run)."""
+    if metric.entries is None:
+        return []
+    shown = {*metric.entries, *metric.not_rerun}
+    return [p.name for p in _bench_dirs(task_dir) if p.name not in shown]
+
+
 def load_entries(task_dir: Path, metric: Metric = EVAL) -> list[dict]:
-    """Every entry of every bench folder under task_dir, finished seeds or not."""
+    """Every entry of every bench folder under task_dir that the metric's page is about,
+    finished seeds or not."""
     entries = []
-    for bench_dir in sorted(p for p in task_dir.iterdir() if p.is_dir()):
+    left_out = set(studies(task_dir, metric))
+    for bench_dir in (p for p in _bench_dirs(task_dir) if p.name not in left_out):
         results_path, bench_path = bench_dir / "results.json", bench_dir / "bench.json"
         if results_path.is_file():  # the bench finished: its own record of tuning
             results = read_json(results_path)
@@ -609,6 +628,13 @@ def markdown(
             f"Not re-run: {', '.join(not_rerun)} (no folder here; their in-distribution results "
             "are in `benchmarks/results/reference/`).",
         ]
+    if summary.get("studies"):
+        lines += [
+            "",
+            f"Seed-0 studies in this folder, not on this page (`benchmarks/gate_table.py` -> "
+            f"`gate.md`, `benchmarks/defaults_table.py` -> `defaults.md`): "
+            f"{', '.join(summary['studies'])}.",
+        ]
     if metric.question:
         lines += question_lines(summary.get("question"), metric)
     lines += [
@@ -786,7 +812,7 @@ def write_outputs(
     entries = load_entries(task_dir, spec)
     if not any("final_loss" in e for e in entries):
         raise SystemExit(f"{task_dir}: no finished seed run in any bench folder yet")
-    summary = summarise(entries, spec)
+    summary = {**summarise(entries, spec), "studies": studies(task_dir, spec)}
     text = markdown(task, command, entries, summary, spec)
     (out_dir / "README.md").write_text(text, encoding="utf-8")
     if with_plot:
@@ -803,6 +829,7 @@ def write_outputs(
         "target_definitions": spec.target_text,
         "missing_targets": summary["missing_targets"],
         **({"question": summary["question"]} if spec.question else {}),
+        **({"studies": summary["studies"]} if spec.entries is not None else {}),
         "ratios": "FedIT's figure / the entry's; null: either did not reach the target; "
         f'"{INF}": the entry reached it at round 0 and FedIT did not',
         "entries": {e["name"]: _json_ready(e) for e in entries},

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from smartfed.assembly.config import gather
+from smartfed.bench.tables import TARGET_ENTRIES
 from smartfed.cli.main import build_parser
 from smartfed.cli.run_command import given_settings
+from tests.benchmark_scripts import import_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 STEP = re.compile(r"^benchmarks/reference\.sh (\S+) (.+)$")
@@ -218,6 +220,15 @@ def test_target_all_seeds_every_reference_entry(task, tmp_path):
     must = {"fedit", "fedit_r1", "fedit_r2", "ffa_lora", "ffa_lora_r2", "fed_sb_r26",
             "fed_sb_r31", "smartfed", "smartfed_paper", "pool_bridge", "mole", "merge"}  # fmt: skip
     assert must <= names
+
+
+def test_the_target_pages_and_the_readme_show_the_seeded_entries():
+    """target_all.sh's seeds stage, the target pages' entries (the rest of the folder is seed-0
+    studies) and the README table's rows name the same entries."""
+    text = (BENCHMARKS / "target_all.sh").read_text()
+    seeded = re.search(r'SEEDED="([^"]+)"', text)[1].split()
+    assert seeded == list(TARGET_ENTRIES)
+    assert set(import_benchmark("readme_table").ROWS) == set(TARGET_ENTRIES)
 
 
 def test_finalists_rerun_the_chosen_rate_with_seeds_1_and_2_on_the_dev_slice(tmp_path):

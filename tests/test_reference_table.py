@@ -7,6 +7,7 @@ expected figure is computed here from the fake inputs, independently of the scri
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -488,3 +489,20 @@ def test_target_pages_answer_the_question(table, tmp_path):
     text = table.write_outputs("task", task, "cmd", with_plot=False)
     assert "## The question" not in text
     assert "question" not in json.loads((task / "summary.json").read_text())
+
+
+def test_target_pages_name_the_seed0_studies_beside_them(table, tmp_path):
+    """A folder that is not a reference entry of the target re-run (an ablation) stays off the
+    target page, its tables and plots, and is named under the table; the in-distribution pages
+    show every folder."""
+    task = _task(tmp_path, on_target=True)
+    shutil.copytree(task / "smartfed", task / "smartfed_k32")
+    text = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
+    summary = json.loads((task / "summary.json").read_text())
+    assert "smartfed_k32" not in summary["entries"] and summary["studies"] == ["smartfed_k32"]
+    assert "not on this page (`benchmarks/gate_table.py` -> `gate.md`" in text
+    assert not any(line.startswith("| smartfed_k32 |") for line in text.splitlines())
+    text = table.write_outputs("task", task, "cmd", with_plot=False)
+    assert "| smartfed_k32 |" in text and "studies" not in json.loads(
+        (task / "summary.json").read_text()
+    )
