@@ -341,9 +341,11 @@ def test_select_on_target_never_reads_test_data(tiny_run_config, tiny_task, tmp_
             saved = _json(tmp_path / "poisoned" / point["run_dir"] / "config.json")
             assert saved["target_split"] == "dev" and saved["eval_split"] == "validation"
     assert poisoned["select_on"] == "target"
-    assert (
-        "final target dev loss per grid point" in (tmp_path / "poisoned" / "results.md").read_text()
-    )
+    text = (tmp_path / "poisoned" / "results.md").read_text()
+    assert "final target dev loss per grid point" in text
+    for label in ("fedit", "smartfed"):  # the table holds each grid point's target dev loss
+        losses = [f"{p['target_dev_loss']:.4f}" for p in poisoned["methods"][label]["grid"]]
+        assert f"| {label} | {' | '.join(losses)} | " in text
 
 
 def test_select_on_target_needs_a_target_set(tiny_run_config, capsys):

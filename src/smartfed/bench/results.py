@@ -260,31 +260,28 @@ def seeded_markdown(results: dict[str, Any]) -> str:
     lines = [f"# Benchmark: {results['task']}", "", f"Command: `{results['command']}`", ""]
     sweep = results.get("sweep")
     on_target = results.get("select_on") == "target"
-    if sweep and on_target:
+    if sweep:
         axes = "; ".join(
             f"{a['setting']} in {{{', '.join(str(v) for v in a['values'])}}}" for a in sweep
         )
+        if on_target:
+            how = (
+                f"(seed {results['tuning_seed']}) scoring the target set's dev slice after its "
+                "last round; neither the target's test slice nor the task's test split was read. "
+                "The point with the lowest final target dev loss was chosen"
+            )
+        else:
+            how = (
+                f"with `eval_split=validation` (seed {results['tuning_seed']}): the eval loss "
+                "came from a seeded slice of `eval_samples` training examples held out of every "
+                "client's partition, and the test split was not read. The point with the lowest "
+                "final validation loss was chosen"
+            )
         lines += [
             f"Sweep: {axes}. Each entry that declares the swept setting(s) ran every grid point "
-            f"(seed {results['tuning_seed']}) scoring the target set's dev slice every round; "
-            "neither the target's test slice nor the task's test split was read. The point with "
-            "the lowest final target dev loss was chosen (ties: the first in grid order).",
+            f"{how} (ties: the first in grid order).",
             "",
-            "## Tuning: final target dev loss per grid point",
-            "",
-        ]
-    elif sweep:
-        axes = "; ".join(
-            f"{a['setting']} in {{{', '.join(str(v) for v in a['values'])}}}" for a in sweep
-        )
-        lines += [
-            f"Sweep: {axes}. Each entry that declares the swept setting(s) ran every grid point "
-            f"with `eval_split=validation` (seed {results['tuning_seed']}): the eval loss came "
-            "from a seeded slice of `eval_samples` training examples held out of every "
-            "client's partition, and the test split was not read. The point with the lowest "
-            "final validation loss was chosen (ties: the first in grid order).",
-            "",
-            "## Tuning: final validation loss per grid point",
+            f"## Tuning: final {'target dev' if on_target else 'validation'} loss per grid point",
             "",
         ]
         points = next((m["grid"] for m in methods.values() if m["tuned"]), [])
