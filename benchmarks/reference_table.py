@@ -459,13 +459,16 @@ def question_lines(result: dict[str, Any] | None, metric: Metric) -> list[str]:
         return [*lines, f"Not yet: `{DEFAULTS}` has no finished seed run."]
     rivals = result["rivals"]
     if rivals:
+        ours = result["defaults_final_loss"]["mean"]
         lines += [
-            f"| baseline | MiB / round | final {metric.loss} | SmartFed's defaults vs it |",
-            "|---|---|---|---|",
+            f"| baseline | MiB / round | final {metric.loss} | SmartFed's defaults vs it | "
+            "defaults' loss / its loss |",
+            "|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['entry']} | {mib(r['bytes_per_round'])} | {_pm(r['final_loss'])} | "
-            f"{r['defaults_vs_entry'] or '– (fewer than 2 seeds)'} |"
+            f"{r['defaults_vs_entry'] or '– (fewer than 2 seeds)'} | "
+            f"{ours / r['final_loss']['mean']:.2f}x |"
             for r in rivals
         ]
         lines.append("")

@@ -39,6 +39,7 @@ def test_yes_when_better_than_every_rival_and_enough_fewer_bytes():
         "fedit_r1": _entry([0.40, 0.40, 0.40], MIB / 4),  # better but sends less: no rival
     }
     result = answer(entries)
+    assert result["defaults_final_loss"] == entries["smartfed"]["final_loss"]
     assert [r["entry"] for r in result["rivals"]] == ["fedit", "fed_sb_r26"]
     assert all(r["defaults_vs_entry"] == "better" for r in result["rivals"])
     assert result["lower_than_every_rival"] is True

@@ -62,7 +62,12 @@ def answer(entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         lower = None
     else:
         lower = True  # (also with no rival: nothing sends as much and beats them)
-    result: dict[str, Any] = {"rivals": rivals, "lower_than_every_rival": lower, "bytes": None}
+    result: dict[str, Any] = {
+        "defaults_final_loss": ours["final_loss"],
+        "rivals": rivals,
+        "lower_than_every_rival": lower,
+        "bytes": None,
+    }
     fedit = entries.get(REFERENCE)
     if fedit and fedit.get("curve"):
         best = min(fedit["curve"], key=lambda point: point["mean"])
