@@ -466,7 +466,7 @@ def question_lines(result: dict[str, Any] | None, metric: Metric) -> list[str]:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['entry']} | {mib(r['bytes_per_round'])} | {_pm(r['final_loss'])} | "
+            f"| {r['entry']} | {per_round_text(r)} | {_pm(r['final_loss'])} | "
             f"{r['defaults_vs_entry'] or '– (fewer than 2 seeds)'} | "
             f"{ours / r['final_loss']['mean']:.2f}x |"
             for r in rivals

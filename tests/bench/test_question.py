@@ -38,9 +38,11 @@ def test_yes_when_better_than_every_rival_and_enough_fewer_bytes():
         "fed_sb_r26": _entry([0.60, 0.61, 0.59], MIB),
         "fedit_r1": _entry([0.40, 0.40, 0.40], MIB / 4),  # better but sends less: no rival
     }
+    entries["fed_sb_r26"]["setup_bytes"] = 45 * MIB  # its one-off broadcast of A and B
     result = answer(entries)
     assert result["defaults_final_loss"] == entries["smartfed"]["final_loss"]
     assert [r["entry"] for r in result["rivals"]] == ["fedit", "fed_sb_r26"]
+    assert [r["setup_bytes"] for r in result["rivals"]] == [0, 45 * MIB]  # shown beside a round's
     assert all(r["defaults_vs_entry"] == "better" for r in result["rivals"])
     assert result["lower_than_every_rival"] is True
     # FedIT's best is round 2's 0.6 after 60 MiB; ours first at or below it: round 1, 0.5 MiB.

@@ -52,6 +52,7 @@ def answer(entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         rivals.append({
             "entry": name,
             "bytes_per_round": entries[name]["bytes_per_round"],
+            "setup_bytes": entries[name].get("setup_bytes", 0),
             "final_loss": entries[name]["final_loss"],
             "defaults_vs_entry": word,
         })  # fmt: skip
