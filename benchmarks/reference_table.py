@@ -298,6 +298,10 @@ def load_entries(task_dir: Path, metric: Metric = EVAL) -> list[dict]:
             results = read_json(results_path)
             methods = results.get("methods") or {}
             seeds = results.get("seeds") or []
+            if bench_path.is_file():
+                # A finished bench being extended to more seeds (target_all.sh's seeds stage
+                # after the gate): bench.json names them first, results.json once they finish.
+                seeds = max(seeds, read_json(bench_path).get("seeds") or [], key=len)
             select_on = results.get("select_on")
             labels = {label: m.get("method", label) for label, m in methods.items()}
             tunings = {
@@ -411,7 +415,9 @@ def summarise(entries: list[dict], metric: Metric = EVAL) -> dict[str, Any]:
             }
     result = {"targets": target_values, "missing_targets": missing}
     if metric.question:
-        result["question"] = answer({e["name"]: e for e in finished})
+        # The page's planned entries count too before their folder exists.
+        pending = {e["name"] for e in entries if "final_loss" not in e} | set(metric.entries or ())
+        result["question"] = answer({e["name"]: e for e in finished}, pending)
     return result
 
 
@@ -473,8 +479,15 @@ def question_lines(result: dict[str, Any] | None, metric: Metric) -> list[str]:
         ]
         lines.append("")
     lower = result["lower_than_every_rival"]
-    if not rivals:
-        lines.append("- Lower than every such baseline: yes (none has finished a seed run).")
+    waiting = result.get("pending_knowledge_free") or []
+    if lower is None and waiting:
+        lines.append(
+            "- Lower than every such baseline: not decided yet ("
+            + ", ".join(f"`{name}`" for name in waiting)
+            + " without a finished seed run)."
+        )
+    elif not rivals:
+        lines.append("- Lower than every such baseline: yes (none sends as many bytes a round).")
     else:
         lines.append(f"- Lower than every such baseline: {QUESTION_WORDS[lower]}.")
     reach_fedit = result["bytes"]

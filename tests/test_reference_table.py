@@ -507,3 +507,35 @@ def test_target_pages_name_the_seed0_studies_beside_them(table, tmp_path):
     assert "| smartfed_k32 |" in text and "studies" not in json.loads(
         (task / "summary.json").read_text()
     )
+
+
+def test_a_finished_bench_extended_to_more_seeds_shows_each_seed_as_it_lands(table, tmp_path):
+    """The gate's bench (seed 0) extended by target_all.sh's seeds stage: bench.json names seeds
+    0, 1, 2 before results.json does, and every finished seed counts meanwhile."""
+    task = _task(tmp_path, on_target=True)
+    results_path = task / "fedit" / "results.json"
+    results = json.loads(results_path.read_text())
+    (task / "fedit" / "bench.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
+    results_path.write_text(json.dumps({**results, "seeds": [0]}))
+    (task / "fedit" / "fedit" / "seed2" / "summary.json").unlink()  # seed 2 still running
+    table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
+    fedit = json.loads((task / "summary.json").read_text())["entries"]["fedit"]
+    assert fedit["final_loss"]["n"] == 2
+    assert fedit["final_loss"]["mean"] == pytest.approx((FEDIT_T[0][-1] + FEDIT_T[1][-1]) / 2)
+
+
+def test_the_question_waits_for_a_knowledge_free_entry_still_running(table, tmp_path):
+    """With FedIT still running and no other knowledge-free entry finished, the defaults have no
+    finished rival, yet "lower than every such baseline" is not decided (not a yes)."""
+    task = _task(tmp_path, on_target=True)
+    for seed in FEDIT_T:
+        (task / "fedit" / "fedit" / f"seed{seed}" / "summary.json").unlink()
+    (task / "fedit" / "results.json").unlink()
+    (task / "fedit" / "bench.json").write_text(json.dumps({"seeds": [0, 1, 2]}))
+    text = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
+    question = json.loads((task / "summary.json").read_text())["question"]
+    assert question["rivals"] == [] and question["lower_than_every_rival"] is None
+    assert "fedit" in question["pending_knowledge_free"] and question["holds"] is None
+    line = next(x for x in text.splitlines() if x.startswith("- Lower than every such"))
+    assert line.startswith("- Lower than every such baseline: not decided yet (")
+    assert "`fedit`" in line and line.endswith(" without a finished seed run).")

@@ -102,3 +102,21 @@ def test_reaching_fedits_best_before_training():
     ours = _entry([0.5, 0.5], MIB, [(0, 0.55, 0), (1, 0.5, MIB)])
     result = answer({"smartfed": ours, "fedit": _entry([0.7, 0.7], 30 * MIB, FEDIT_CURVE)})
     assert result["bytes"]["fewer_by"] == "inf" and result["bytes"]["holds"] is True
+
+
+def test_a_pending_knowledge_free_entry_leaves_the_first_half_open():
+    """Its bytes a round are not known yet: it may still be a rival. A reuse method pending does
+    not matter, and a rival that already wins decides "no" whatever is pending."""
+    ours = [(0, 2.0, 0), (1, 0.5, 0.5 * MIB)]
+    entries = {
+        "smartfed": _entry([0.50, 0.51, 0.49], MIB / 2, ours),
+        "fedit": _entry([0.70, 0.71, 0.69], 30 * MIB, FEDIT_CURVE),
+    }
+    assert answer(entries)["lower_than_every_rival"] is True
+    assert answer(entries, pending=["mole", "fedit"])["lower_than_every_rival"] is True
+    waiting = answer(entries, pending=["mole", "fed_sb_r31"])
+    assert waiting["lower_than_every_rival"] is None and waiting["holds"] is None
+    assert waiting["pending_knowledge_free"] == ["fed_sb_r31"]
+    entries["fedit_r1"] = _entry([0.30, 0.31, 0.29], MIB)  # wins: "no" already
+    lost = answer(entries, pending=["fed_sb_r31"])
+    assert lost["lower_than_every_rival"] is False and lost["holds"] is False

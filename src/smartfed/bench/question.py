@@ -10,6 +10,7 @@ bytes); ``benchmarks/gate_table.py`` asks the first half on seed 0 with the same
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from smartfed.bench.stats import BETTER, REFERENCE, verdict
@@ -33,15 +34,19 @@ def _first_at_or_below(curve: list[dict[str, Any]], loss: float) -> dict[str, An
     return next((point for point in curve if point["mean"] <= loss), None)
 
 
-def answer(entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def answer(
+    entries: dict[str, dict[str, Any]], pending: Iterable[str] = ()
+) -> dict[str, Any] | None:
     """Both halves of the question on finished ``entries`` (by name); None without the defaults.
 
+    ``pending``: the entries planned but without a finished seed run yet (their bytes a round
+    are not known, so a knowledge-free one may still be a rival).
     ``lower_than_every_rival``: True when the defaults are better (tie rule) than every rival,
-    False when some rival ties or wins, None when a verdict is missing (fewer than 2 seeds) and
-    no rival already wins or ties. ``bytes``: where the defaults' seed-mean curve first reaches
-    FedIT's best (the lowest point of its seed-mean curve) against where FedIT does, and whether
-    that is ``BYTES_FACTOR`` x fewer (None below 2 seeds on either side). ``holds``: both (None
-    while either is undecided and neither fails).
+    False when some rival ties or wins, None when a verdict is missing (fewer than 2 seeds) or a
+    knowledge-free entry is pending, and no rival already wins or ties. ``bytes``: where the
+    defaults' seed-mean curve first reaches FedIT's best (the lowest point of its seed-mean
+    curve) against where FedIT does, and whether that is ``BYTES_FACTOR`` x fewer (None below 2
+    seeds on either side). ``holds``: both (None while either is undecided and neither fails).
     """
     ours = entries.get(DEFAULTS)
     if ours is None:
@@ -57,9 +62,10 @@ def answer(entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
             "defaults_vs_entry": word,
         })  # fmt: skip
     words = [r["defaults_vs_entry"] for r in rivals]
+    unfinished = sorted(set(pending) & set(KNOWLEDGE_FREE) - entries.keys())
     if any(w is not None and w != BETTER for w in words):
         lower = False
-    elif None in words:
+    elif None in words or unfinished:
         lower = None
     else:
         lower = True  # (also with no rival: nothing sends as much and beats them)
@@ -67,6 +73,7 @@ def answer(entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         "defaults_final_loss": ours["final_loss"],
         "rivals": rivals,
         "lower_than_every_rival": lower,
+        "pending_knowledge_free": unfinished,
         "bytes": None,
     }
     fedit = entries.get(REFERENCE)
