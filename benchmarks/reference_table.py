@@ -40,7 +40,6 @@ from smartfed.bench.layout import (
     final_loss,
     finished_runs,
     run_curve,
-    run_dir,
     seed_of,
     setup_bytes,
     tune_run_dir,
@@ -210,10 +209,10 @@ def _entry(
     loss."""
     name = bench_dir.name if tuning["single"] else f"{bench_dir.name}/{label}"
     runs = finished_runs(bench_dir, label, seeds)
-    started = [run_dir(bench_dir, label, seed) for seed in seeds]
     chosen = tuning["chosen"]
     if chosen is None and tuning["grid"]:  # results.json not written yet: ask the seed runs
-        found = (_chosen_from_config(run, tuning["grid"]) for run in started)
+        # Finished ones only: the page comes from what is committed (runs land when finished).
+        found = (_chosen_from_config(run, tuning["grid"]) for run in runs)
         chosen = next((point for point in found if point), None)
     row: dict[str, Any] = {
         "name": name,
@@ -410,8 +409,8 @@ def summarise(entries: list[dict], metric: Metric = EVAL) -> dict[str, Any]:
             entry["to_target"][name] = {
                 "round": mine and mine["round"],
                 "bytes": mine and mine["bytes"],
-                "bytes_ratio_vs_fedit": _ratio(ref and ref["bytes"], mine and mine["bytes"]),
-                "rounds_ratio_vs_fedit": _ratio(ref and ref["round"], mine and mine["round"]),
+                "fedit_bytes_over_entry": _ratio(ref and ref["bytes"], mine and mine["bytes"]),
+                "fedit_rounds_over_entry": _ratio(ref and ref["round"], mine and mine["round"]),
             }
     result = {"targets": target_values, "missing_targets": missing}
     if metric.question:
@@ -691,8 +690,8 @@ def markdown(
             lines.append(
                 f"| {e['name']} | {t['round'] if reached else 'not reached'} | "
                 f"{mib(t['bytes']) if reached else 'not reached'} | "
-                f"{_ratio_text(t['bytes_ratio_vs_fedit'])} | "
-                f"{_ratio_text(t['rounds_ratio_vs_fedit'])} |"
+                f"{_ratio_text(t['fedit_bytes_over_entry'])} | "
+                f"{_ratio_text(t['fedit_rounds_over_entry'])} |"
             )
         lines.append("")
     seeds = sorted({s for e in finished for s in e["per_seed"]})

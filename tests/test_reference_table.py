@@ -202,15 +202,15 @@ def test_numbers_targets_and_outputs(table, tmp_path):
             expected = _to_target(per_seed, sum(UP_DOWN[entry]), target)
             assert (got["round"], got["bytes"]) == (expected or (None, None)), (entry, name)
             if expected is None or fedit is None:
-                assert got["bytes_ratio_vs_fedit"] is None
+                assert got["fedit_bytes_over_entry"] is None
             elif expected[1] == 0:  # there at round 0: nothing sent
-                assert got["bytes_ratio_vs_fedit"] == got["rounds_ratio_vs_fedit"] == "inf"
+                assert got["fedit_bytes_over_entry"] == got["fedit_rounds_over_entry"] == "inf"
             else:
-                assert got["bytes_ratio_vs_fedit"] == pytest.approx(fedit[1] / expected[1])
-                assert got["rounds_ratio_vs_fedit"] == pytest.approx(fedit[0] / expected[0])
+                assert got["fedit_bytes_over_entry"] == pytest.approx(fedit[1] / expected[1])
+                assert got["fedit_rounds_over_entry"] == pytest.approx(fedit[0] / expected[0])
     # The fake inputs exercise each case: router ahead of FedIT on T_fedit in rounds, merge at
     # round 0 on T_merge, merge never at T_half.
-    assert entries["smartfed"]["to_target"]["T_fedit"]["rounds_ratio_vs_fedit"] > 1
+    assert entries["smartfed"]["to_target"]["T_fedit"]["fedit_rounds_over_entry"] > 1
     assert entries["merge"]["to_target"]["T_merge"]["round"] == 0
     assert entries["merge"]["to_target"]["T_half"]["round"] is None
 
@@ -338,15 +338,15 @@ def test_target_metric(table, tmp_path):
             expected = _first(curve, target)
             assert (got["round"], got["bytes"]) == (expected or (None, None)), (entry, name)
             if expected is None:
-                assert got["bytes_ratio_vs_fedit"] is got["rounds_ratio_vs_fedit"] is None
+                assert got["fedit_bytes_over_entry"] is got["fedit_rounds_over_entry"] is None
             else:
-                assert got["bytes_ratio_vs_fedit"] == pytest.approx(fedit[1] / expected[1])
-                assert got["rounds_ratio_vs_fedit"] == pytest.approx(fedit[0] / expected[0])
+                assert got["fedit_bytes_over_entry"] == pytest.approx(fedit[1] / expected[1])
+                assert got["fedit_rounds_over_entry"] == pytest.approx(fedit[0] / expected[0])
     # The cases the inputs are made for: FedIT at T90 in round 3, the router in round 2 (the
     # mean of round 2 is 0.95 for FedIT, 0.90 for the router); merge never at T50; mole (one
     # finished seed) at T50 in round 1 and never at T90.
     assert entries["fedit"]["to_target"]["T90"]["round"] == 3
-    assert entries["smartfed"]["to_target"]["T90"]["rounds_ratio_vs_fedit"] == pytest.approx(1.5)
+    assert entries["smartfed"]["to_target"]["T90"]["fedit_rounds_over_entry"] == pytest.approx(1.5)
     assert entries["merge"]["to_target"]["T50"]["round"] is None
     assert entries["mole"]["to_target"]["T50"]["bytes"] == 2
     assert entries["mole"]["to_target"]["T90"]["round"] is None
