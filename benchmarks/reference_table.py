@@ -154,11 +154,16 @@ def _final_loss(run: Path, metric: str = EVAL.key) -> float | None:
     return final_loss(read_json(run / "summary.json"), initial_if_untrained=True, metric=metric)
 
 
-def _grid_from_folders(bench_dir: Path, label: str, sweep: list[dict] | None) -> list[dict]:
+def _grid_from_folders(
+    bench_dir: Path, label: str, sweep: list[dict] | None, single: bool
+) -> list[dict]:
     """The tuning grid of a bench whose results.json is not written yet (still running): the
     points of bench.json's sweep, each with its final validation loss and target dev loss (a
-    tuning run scores the target's dev slice) once its run finished, as results.json has them."""
-    if not sweep or not (bench_dir / TUNE_DIR / label).is_dir():
+    tuning run scores the target's dev slice) once its run finished, as results.json has them.
+    The sole entry of a bench with a sweep is tuned (the bench refuses a sweep it cannot tune),
+    whether its first tuning run has started or not; beside others, an entry without a tuning
+    folder is one the sweep does not tune (merge)."""
+    if not sweep or not (single or (bench_dir / TUNE_DIR / label).is_dir()):
         return []
     names = [axis["setting"] for axis in sweep]
     grid = []
@@ -315,7 +320,10 @@ def load_entries(task_dir: Path, metric: Metric = EVAL) -> list[dict]:
             labels = {e["label"]: e.get("method", e["label"]) for e in bench.get("entries", [])}
             sweep = bench.get("sweep")
             tunings = {
-                label: {"grid": _grid_from_folders(bench_dir, label, sweep), "chosen": None}
+                label: {
+                    "grid": _grid_from_folders(bench_dir, label, sweep, len(labels) == 1),
+                    "chosen": None,
+                }
                 for label in labels
             }
         else:

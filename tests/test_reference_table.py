@@ -539,3 +539,20 @@ def test_the_question_waits_for_a_knowledge_free_entry_still_running(table, tmp_
     line = next(x for x in text.splitlines() if x.startswith("- Lower than every such"))
     assert line.startswith("- Lower than every such baseline: not decided yet (")
     assert "`fedit`" in line and line.endswith(" without a finished seed run).")
+
+
+def test_a_bench_before_its_first_tuning_run_shows_its_grid_pending(table, tmp_path):
+    """Only bench.json is there (a clone holds no unfinished run): its sole entry is tuned, its
+    grid pending, as on the machine where the first tuning run is under way."""
+    task = _task(tmp_path, on_target=True)
+    folder = task / "fedit_r2"
+    folder.mkdir()
+    bench = {"entries": [{"label": "fedit", "method": "fedit"}], "seeds": [0, 1, 2],
+             "sweep": [{"setting": "learning_rate", "values": [0.002, 0.01, 0.05]}],
+             "select_on": "target"}  # fmt: skip
+    (folder / "bench.json").write_text(json.dumps(bench))
+    text = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
+    assert "- fedit_r2 (fedit): grid 2e-3: …, 1e-2: …, 5e-2: …" in text
+    (folder / "tune" / "fedit" / "learning_rate=0.002").mkdir(parents=True)  # started
+    again = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
+    assert again == text
