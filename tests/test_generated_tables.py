@@ -109,3 +109,22 @@ def test_claims_page_is_reproduced(tmp_path, monkeypatch):
     rows, notes, scale = claims.build_rows(claims.Sources(RESULTS), claims.dry_run_plan)
     text = claims.markdown(rows, notes, scale, ".venv/bin/python benchmarks/claims.py")
     assert text.encode("utf-8") == (RESULTS / "claims.md").read_bytes()
+
+
+@pytest.mark.integration  # as above
+def test_target_claims_page_is_reproduced(tmp_path, monkeypatch):
+    """claims.md of the target re-run, from a copy of the committed result folders it reads
+    (the runs still going on the developer's machine are not in the comparison)."""
+    claims = import_benchmark("claims")
+    root = tmp_path / "repo"
+    results = root / "benchmarks" / "results"
+    for folder in ("target", "reference", "data_limited", "pool_eval"):
+        _tracked_copy(RESULTS / folder, results / folder)
+    monkeypatch.setattr(claims, "ROOT", root)
+    monkeypatch.setattr(claims, "RESULTS", results)
+    monkeypatch.chdir(ROOT)  # the dry runs are commands of this checkout
+    sources = claims.Sources(results, claims.TARGET_LOSS)
+    rows, notes, scale = claims.build_rows(sources, claims.dry_run_plan)
+    command = ".venv/bin/python benchmarks/claims.py --metric target_loss"
+    text = claims.markdown(rows, notes, scale, command, claims.TARGET_LOSS)
+    assert text.encode("utf-8") == (RESULTS / "target" / "claims.md").read_bytes()
