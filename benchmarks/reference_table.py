@@ -59,6 +59,7 @@ from smartfed.bench.tables import (
     accuracy_text,
     first_reach,
     gain_targets,
+    grid_edge,
     mib,
     per_round_text,
     pooled_accuracy,
@@ -638,6 +639,17 @@ def markdown(
             "Transfer loss: `benchmarks/reference_transfer.sh` evaluates each seed run's final "
             "weights; – where a run has no `transfer_loss.json` (weights are not committed, so a "
             "run whose weights are gone must be rerun to get one).",
+        ]
+    at_edge = [
+        f"{e['name']} ({edge}, {_point_text(e['chosen'])})"
+        for e in finished
+        if (edge := grid_edge(e["grid"], e["chosen"]))
+    ]
+    if at_edge:
+        lines += [
+            "",
+            "Chosen at an end of its grid (the best rate may lie beyond it; every entry keeps "
+            f"the same grid size): {', '.join(at_edge)}.",
         ]
     lines += accuracy_notes(finished, scored)
     if waiting:

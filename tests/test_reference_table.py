@@ -556,3 +556,20 @@ def test_a_bench_before_its_first_tuning_run_shows_its_grid_pending(table, tmp_p
     (folder / "tune" / "fedit" / "learning_rate=0.002").mkdir(parents=True)  # started
     again = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
     assert again == text
+
+
+def test_a_choice_at_an_end_of_its_grid_is_named(table, tmp_path):
+    """Tuning that picks the grid's top or bottom is named under the table: the best rate may
+    lie beyond the grid. A choice inside it (FedIT's 2e-3 here) is not."""
+    task = _task(tmp_path, on_target=True)
+    results_path = task / "smartfed" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["methods"]["smartfed"]["chosen"] = {"learning_rate": GRID[-1]}
+    results_path.write_text(json.dumps(results))
+    text = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
+    line = next(line for line in text.splitlines() if line.startswith("Chosen at an end"))
+    assert line.endswith(": smartfed (highest, 1e-2).")
+    results["methods"]["smartfed"]["chosen"] = {"learning_rate": GRID[1]}
+    results_path.write_text(json.dumps(results))
+    text = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
+    assert "Chosen at an end" not in text

@@ -58,6 +58,22 @@ def first_reach(curve: list[tuple[int, float, int]], target: float) -> tuple[int
     return next(((rnd, sent) for rnd, loss, sent in curve if loss <= target), None)
 
 
+def grid_edge(grid: list[dict[str, Any]], chosen: dict[str, Any] | None) -> str | None:
+    """The end of its grid that tuning chose, "lowest" or "highest", for a grid of three or
+    more values of one numeric setting (the best value may lie beyond it); else None."""
+    if chosen is None or len(grid) < 3 or len(chosen) != 1:
+        return None
+    ((name, value),) = chosen.items()
+    values = [row["point"].get(name) for row in grid]
+    if any(len(row["point"]) != 1 for row in grid) or not all(
+        isinstance(v, int | float) for v in [*values, value]
+    ):
+        return None
+    if value == min(values):
+        return "lowest"
+    return "highest" if value == max(values) else None
+
+
 def read_json(path: Path) -> Any:
     """A result file's content; a file that is not JSON stops the script with one line."""
     try:
