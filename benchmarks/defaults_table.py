@@ -27,7 +27,7 @@ from typing import Any
 
 from smartfed.bench.layout import final_loss, finished_runs, read_run
 from smartfed.bench.stats import TIE_RULE_TABLE, compare_spreads, spread
-from smartfed.bench.tables import mib, read_json
+from smartfed.bench.tables import grid_edge, mib, read_json
 from smartfed.utils.io import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "target"
@@ -69,6 +69,7 @@ def bench_choice(bench_dir: Path) -> dict[str, Any] | None:
     return {
         "label": label,
         "chosen": chosen,
+        "grid_edge": grid_edge(method.get("grid") or [], chosen),
         "dev_loss": row["target_dev_loss"],
         "bytes_per_round": last["bytes_up"] + last["bytes_down"],
     }
@@ -243,6 +244,8 @@ def markdown(data: dict[str, Any]) -> str:
                 lines.append(f"| {design} | {routing} | {entry} | not finished | | | | | |")
                 continue
             rate = ", ".join(f"{k}={v}" for k, v in (cell["chosen"] or {}).items())
+            if cell["grid_edge"]:
+                rate += f" ({cell['grid_edge']} of its grid)"
             score = data["scores"].get(entry)
             lines.append(
                 f"| {design} | {routing} | {entry} | {rate} | {_fmt(cell['dev_loss'])} | "

@@ -28,6 +28,7 @@ from smartfed.bench.tables import (
     accuracy_text,
     first_reach,
     gain_targets,
+    grid_edge,
     mib,
     pooled_accuracy,
     read_json,
@@ -52,12 +53,14 @@ def entry_row(bench_dir: Path) -> dict[str, Any] | None:
     results = (
         read_json(bench_dir / "results.json") if (bench_dir / "results.json").is_file() else {}
     )
-    chosen = ((results.get("methods") or {}).get(label) or {}).get("chosen")
+    method = (results.get("methods") or {}).get(label) or {}
+    chosen = method.get("chosen")
     last = rows[-1] if rows else {"bytes_up": 0, "bytes_down": 0}
     return {
         "entry": bench_dir.name,
         "method": summary["method"],
         "chosen": chosen,
+        "grid_edge": grid_edge(method.get("grid") or [], chosen),
         "target_test_loss": final_loss(summary, initial_if_untrained=True, metric="target_loss"),
         "initial_target_loss": (summary.get("initial_eval") or {}).get("target_loss"),
         "test_loss": final_loss(summary, initial_if_untrained=True),
@@ -182,6 +185,8 @@ def markdown(tables: list[dict[str, Any]]) -> str:
         ]
         for r in table["rows"]:
             chosen = ", ".join(f"{k}={v}" for k, v in (r["chosen"] or {}).items()) or "–"
+            if r["grid_edge"]:
+                chosen += f" ({r['grid_edge']} of its grid)"
             reached = [
                 "–" if r["to_target"].get(t) is None
                 else f"{r['to_target'][t][0]}, {mib(r['to_target'][t][1])}"

@@ -118,3 +118,18 @@ def test_finalists_lines_for_target_all(tmp_path: Path, capsys, monkeypatch) -> 
     defaults_table.main()
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == ["cn_math smartfed 0.05", "math_code smartfed 0.05"] and len(lines) == 6
+
+
+def test_a_rate_at_an_end_of_its_grid_is_marked(tmp_path: Path) -> None:
+    _grid(tmp_path, {"smartfed_diagonal": 0.7})
+    results_path = tmp_path / "cn_math" / "smartfed_diagonal" / "results.json"
+    results = json.loads(results_path.read_text())
+    method = results["methods"]["smartfed"]
+    method["grid"].insert(0, {"point": {"learning_rate": 0.01}, "target_dev_loss": 2.0})
+    results_path.write_text(json.dumps(results))  # 1e-2, 5e-2 (chosen), 2e-1: inside
+    text = defaults_table.markdown(defaults_table.table(tmp_path))
+    assert "| smartfed_diagonal | learning_rate=0.05 | 0.7000 |" in text
+    method["grid"][0]["point"]["learning_rate"] = 0.5  # now 5e-2 is the lowest of three
+    results_path.write_text(json.dumps(results))
+    text = defaults_table.markdown(defaults_table.table(tmp_path))
+    assert "| smartfed_diagonal | learning_rate=0.05 (lowest of its grid) | 0.7000 |" in text

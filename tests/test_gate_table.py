@@ -100,3 +100,15 @@ def test_accuracy_columns_appear_once_a_run_is_scored(tmp_path: Path) -> None:
     assert next(line for line in text.splitlines() if line.startswith("| fedit |")).endswith(
         "| – |"
     )
+
+
+def test_a_choice_at_an_end_of_its_grid_is_marked(tmp_path: Path) -> None:
+    _entry(tmp_path, "math_code", "smartfed", "smartfed", 0.70, 1000)
+    _entry(tmp_path, "math_code", "fedit", "fedit", 0.80, 50_000)
+    grid = [{"point": {"learning_rate": lr}} for lr in (0.002, 0.01, 0.05)]
+    results = {"methods": {"smartfed": {"chosen": {"learning_rate": 0.05}, "grid": grid}}}
+    (tmp_path / "math_code" / "smartfed" / "results.json").write_text(json.dumps(results))
+    table = gate_table.task_table("math_code", tmp_path)
+    text = gate_table.markdown([table])
+    assert "| smartfed | learning_rate=0.05 (highest of its grid) | 0.7000" in text
+    assert "| fedit | learning_rate=0.01 | 0.8000" in text  # no grid recorded: no mark
