@@ -14,6 +14,11 @@
 #                    --max_seq_len 512 cuts no item, the result counts any cut) -> transfer_loss.json
 # SEEDS="0" limits the seeds (default: every seed), ENTRIES="fedit smartfed" the entry folders
 # (default: every folder); LIMIT items per measure (default 128).
+# Final weights above 1 MiB are not committed (stage_results.py): a run without its final/ folder
+# is run again from its config.json and partitions.json (seeded, the same model) into RERUN_DIR
+# (default $TMPDIR/smartfed-reruns, kept for the next measure) and its weights are scored only if
+# the rerun reproduced the committed run's bytes and final losses (benchmarks/same_run.py); the
+# result then names the committed run and how closely the rerun matched. NO_RERUN=1 skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:?usage: benchmarks/final_evals.sh RESULTS_DIR [MEASURE ...]}
@@ -21,6 +26,8 @@ shift
 MEASURES=${*:-target_accuracy test_accuracy style_shift}
 DATA_DIR=${DATA_DIR:-../shared/data}
 SMARTFED=${SMARTFED:-.venv/bin/smartfed}
+PY=${PY:-.venv/bin/python}
+RERUN_DIR=${RERUN_DIR:-${TMPDIR:-/tmp}/smartfed-reruns}
 LIMIT=${LIMIT:-128}
 SEEDS=${SEEDS:-}
 ENTRIES=$(echo ${ENTRIES:-})  # one line, single spaces
@@ -35,6 +42,22 @@ for measure in $MEASURES; do
        exit 2 ;;
   esac
 done
+
+# The folder whose final/ weights stand for RUN: RUN itself, or its rerun (made here once).
+weights_of() {
+  local run=$1 rerun
+  [[ -d $run/final ]] && { echo "$run"; return 0; }
+  [[ -z ${NO_RERUN:-} ]] || return 1
+  rerun=$RERUN_DIR/${run#"$RESULTS/"}
+  if [[ ! -f $rerun/summary.json ]]; then
+    mkdir -p "$rerun" || return 1
+    [[ -f $rerun/config.json ]] || cp "$run/config.json" "$run/partitions.json" "$rerun/" || return 1
+    echo "== rerun $run into $rerun for its weights ($(date -u +%H:%M))" >&2
+    "$SMARTFED" run --resume "$rerun" >&2 || return 1
+  fi
+  "$PY" benchmarks/same_run.py "$run" "$rerun" >&2 || return 1
+  echo "$rerun"
+}
 
 shopt -s nullglob
 for measure in $MEASURES; do
@@ -58,11 +81,12 @@ for measure in $MEASURES; do
       # FedSA-LoRA keeps B on the clients: there is no global model to evaluate.
       grep -q '"method": "fedsa_lora"' "$run/config.json" &&
         { echo "skip $run (no global model)"; continue; }
-      # Weights are not committed above 1 MiB: a run finished on another machine may lack them.
-      [[ -d $run/final ]] || { echo "skip $run (no final weights: rerun it to measure)"; continue; }
+      weights=$(weights_of "$run") ||
+        { echo "skip $run (no final weights, and no rerun that reproduces it)"; continue; }
       echo "== $measure $run ($(date -u +%H:%M))"
-      "$SMARTFED" eval --run "$run" "${flags[@]}" --limit "$LIMIT" --data_dir "$DATA_DIR" \
+      "$SMARTFED" eval --run "$weights" "${flags[@]}" --limit "$LIMIT" --data_dir "$DATA_DIR" \
         --output "$run/$file"
+      [[ $weights == "$run" ]] || "$PY" benchmarks/same_run.py "$run" "$weights" --annotate "$run/$file"
     done
   done
 done
