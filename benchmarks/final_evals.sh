@@ -47,11 +47,11 @@ done
 weights_of() {
   local run=$1 rerun
   [[ -d $run/final ]] && { echo "$run"; return 0; }
-  [[ -z ${NO_RERUN:-} ]] || return 1
+  [[ -z ${NO_RERUN:-} && -f $run/config.json && -f $run/partitions.json ]] || return 1
   rerun=$RERUN_DIR/${run#"$RESULTS/"}
   if [[ ! -f $rerun/summary.json ]]; then
     mkdir -p "$rerun" || return 1
-    [[ -f $rerun/config.json ]] || cp "$run/config.json" "$run/partitions.json" "$rerun/" || return 1
+    [[ -f $rerun/config.json && -f $rerun/partitions.json ]] || cp "$run/config.json" "$run/partitions.json" "$rerun/" || return 1
     echo "== rerun $run into $rerun for its weights ($(date -u +%H:%M))" >&2
     "$SMARTFED" run --resume "$rerun" >&2 || return 1
   fi

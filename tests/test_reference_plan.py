@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,17 +103,24 @@ def test_transfer_evaluates_only_runs_that_still_have_weights(tmp_path):
         (run / "config.json").write_text(json.dumps({"method": method}, indent=0))
         if name != "weights_gone":
             (run / "final").mkdir()
+    (runs["weights_gone"] / "partitions.json").write_text("{}")
     (runs["done"] / "transfer_loss.json").write_text("{}")
     log = tmp_path / "argv.log"
     stub = tmp_path / "smartfed"
     stub.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
     stub.chmod(0o755)
+    reruns = tmp_path / "reruns"
     done = subprocess.run(
-        [str(BENCHMARKS / "reference_transfer.sh"), str(results)],
-        env=dict(os.environ, SMARTFED=str(stub)), capture_output=True, text=True,
+        [str(BENCHMARKS / "reference_transfer.sh"), str(results)], capture_output=True, text=True,
+        env=dict(os.environ, SMARTFED=str(stub), PY=sys.executable, RERUN_DIR=str(reruns)),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    evaluated = [shlex.split(line) for line in log.read_text().splitlines()]
+    calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    # The run without weights is run again for them; this stub's rerun never finishes, so it
+    # is not scored (tests/test_same_run.py scores one that reproduces its run).
+    rerun = reruns / "math_code" / "weights_gone" / "m" / "seed0"
+    assert [argv for argv in calls if argv[0] == "run"] == [["run", "--resume", str(rerun)]]
+    evaluated = [argv for argv in calls if argv[0] == "eval"]
     assert [argv[argv.index("--run") + 1] for argv in evaluated] == [str(runs["fresh"])]
     assert "no final weights" in done.stdout and "no global model" in done.stdout
 
@@ -278,7 +286,7 @@ def _final_evals(tmp_path: Path, argv: list[str], **env: str) -> list:
     stub.chmod(0o755)
     done = subprocess.run(
         [str(BENCHMARKS / "final_evals.sh"), *argv], capture_output=True, text=True,
-        env=dict(os.environ, SMARTFED=str(stub), **env),
+        env=dict(os.environ, SMARTFED=str(stub), RERUN_DIR=str(tmp_path / "reruns"), **env),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = log.read_text().splitlines() if log.is_file() else []

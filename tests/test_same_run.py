@@ -98,3 +98,14 @@ def test_final_evals_skip_a_rerun_that_ends_elsewhere(tmp_path):
     assert not (run / "accuracy_target.json").exists()
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert [c.split()[0] for c in calls] == ["run"]  # never scored
+
+
+def test_final_evals_do_not_rerun_a_run_without_its_partitions(tmp_path):
+    """A rerun needs the committed run's client partitions; without them it is not attempted."""
+    results = tmp_path / "target"
+    run = _run_folder(results / "cn_math" / "fedit" / "fedit" / "seed0", SUMMARY)
+    (run / "partitions.json").unlink()
+    done = _final_evals(tmp_path, results, SUMMARY)
+    assert done.returncode == 0, done.stderr
+    assert f"skip {run} (no final weights" in done.stdout
+    assert not (tmp_path / "calls.log").exists() and not (tmp_path / "reruns").exists()
