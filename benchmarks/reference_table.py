@@ -752,10 +752,24 @@ DASHES = {"T_merge": (0, (5, 3)), "T_half": (0, (2, 2)), "T_fedit": (0, (8, 2, 2
           "T50": (0, (5, 3)), "T90": (0, (8, 2, 2, 2))}  # fmt: skip
 
 
+# One look per entry, the same in both plots: tab10's colours alone repeat after 10 entries.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def entry_styles(entries: list[dict]) -> dict[str, dict[str, str]]:
+    """Colour and marker per entry name, in the table's order; no two entries share both."""
+    colours = plt.get_cmap("tab20").colors
+    return {
+        e["name"]: {"color": colours[i % len(colours)], "marker": MARKERS[i % len(MARKERS)]}
+        for i, e in enumerate(_finished(entries))
+    }
+
+
 def plot(
     task: str, entries: list[dict], summary: dict[str, Any], path: Path, metric: Metric = EVAL
 ) -> None:
     figure, (per_round, per_mib) = plt.subplots(1, 2, figsize=(13, 5))
+    styles = entry_styles(entries)
     for e in _finished(entries):  # legend in the table's order
         curve = e["curve"]
         if not any(p["round"] > 0 for p in curve):  # sends nothing: one level, no x extent
@@ -766,15 +780,15 @@ def plot(
                              label=f"{e['name']} (sends nothing)")  # fmt: skip
             continue
         errors = [p["std"] or 0 for p in curve]
-        line = per_round.errorbar(
+        per_round.errorbar(
             [p["round"] for p in curve], [p["mean"] for p in curve], yerr=errors,
-            marker="o", markersize=3, capsize=3, label=f"{e['name']} (n={e['final_loss']['n']})",
+            markersize=4, capsize=3, label=f"{e['name']} (n={e['final_loss']['n']})",
+            **styles[e["name"]],
         )  # fmt: skip
         sent = [(p, err) for p, err in zip(curve, errors, strict=True) if p["bytes"] > 0]
         per_mib.errorbar(
             [p["bytes"] / 2**20 for p, _ in sent], [p["mean"] for p, _ in sent],
-            yerr=[err for _, err in sent], marker="o", markersize=3, capsize=3,
-            color=line[0].get_color(),
+            yerr=[err for _, err in sent], markersize=4, capsize=3, **styles[e["name"]],
         )  # fmt: skip
     for name, value in summary["targets"].items():
         if value is None:
@@ -800,6 +814,7 @@ def plot(
 def plot_final_vs_bytes(task: str, entries: list[dict], path: Path, metric: Metric) -> None:
     """Final loss (mean ± std over seeds) against the MiB of a round, one point per entry."""
     figure, axis = plt.subplots(figsize=(7, 5))
+    styles = entry_styles(entries)
     for e in _finished(entries):
         loss = e["final_loss"]
         if loss["mean"] is None:
@@ -809,8 +824,8 @@ def plot_final_vs_bytes(task: str, entries: list[dict], path: Path, metric: Metr
                          label=f"{e['name']} (sends nothing)")  # fmt: skip
             continue
         x = e["bytes_per_round"] / 2**20
-        axis.errorbar([x], [loss["mean"]], yerr=[loss["std"] or 0], marker="o", capsize=3,
-                      label=f"{e['name']} (n={loss['n']})")  # fmt: skip
+        axis.errorbar([x], [loss["mean"]], yerr=[loss["std"] or 0], capsize=3,
+                      label=f"{e['name']} (n={loss['n']})", **styles[e["name"]])  # fmt: skip
         axis.annotate(e["name"], (x, loss["mean"]), textcoords="offset points", xytext=(4, 4),
                       fontsize=7)  # fmt: skip
     axis.set_xscale("log")

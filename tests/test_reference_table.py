@@ -573,3 +573,13 @@ def test_a_choice_at_an_end_of_its_grid_is_named(table, tmp_path):
     results_path.write_text(json.dumps(results))
     text = table.write_outputs("task", task, "cmd", with_plot=False, metric="target_loss")
     assert "Chosen at an end" not in text
+
+
+def test_every_plotted_entry_has_its_own_look(table):
+    """tab10's colours repeat after 10 entries and the target pages have 14: colour and marker
+    together tell every entry apart, and an entry keeps its look in both plots."""
+    entries = [{"name": f"e{i}", "final_loss": {"mean": 1.0 + i, "n": 3}} for i in range(24)]
+    styles = table.entry_styles(entries)
+    looks = {(style["color"], style["marker"]) for style in styles.values()}
+    assert len(styles) == len(looks) == 24
+    assert table.entry_styles(list(reversed(entries))) == styles  # by the table's order
