@@ -70,13 +70,11 @@ for measure in $MEASURES; do
         file=transfer_loss.json
         flags=(--benchmark loss --data gsm_hard_pal --split test --max_seq_len 512) ;;
     esac
-    for run in "$RESULTS/$task"/*/*/seed*/; do
+    # In ENTRIES' order (the most wanted first, should the session end on the way).
+    for run in $(for entry in ${ENTRIES:-"*"}; do echo "$RESULTS/$task"/$entry/*/seed*/; done); do
       run=${run%/}
       seed=${run##*/seed}
       [[ -z $SEEDS || " $SEEDS " == *" $seed "* ]] || continue
-      entry=${run#"$RESULTS/$task/"}
-      entry=${entry%%/*}
-      [[ -z $ENTRIES || " $ENTRIES " == *" $entry "* ]] || continue
       [[ -f $run/summary.json && ! -f $run/$file ]] || continue
       # FedSA-LoRA keeps B on the clients: there is no global model to evaluate.
       grep -q '"method": "fedsa_lora"' "$run/config.json" &&

@@ -318,14 +318,18 @@ def test_final_evals_score_each_seed_run_once_with_the_tasks_benchmarks(tmp_path
 
 def test_final_evals_entries_limit_the_folders(tmp_path):
     """ENTRIES names the entry folders to score (target_all.sh: the reference entries, not the
-    ablation's); an entry whose name is a prefix of another's is not mistaken for it."""
+    ablation's), in its order, not the folders' (the most wanted first, should a session end on
+    the way); an entry whose name is a prefix of another's is not mistaken for it."""
     results = tmp_path / "target"
     for entry in ("fedit", "fedit_r1", "smartfed_k32"):
         _finished_run(results / "cn_math" / entry / "x" / "seed0", {})
     parsed = _final_evals(
-        tmp_path, [str(results), "target_accuracy"], ENTRIES="fedit\n  smartfed_k32"
+        tmp_path, [str(results), "target_accuracy"], ENTRIES="smartfed_k32\n  fedit absent"
     )
-    assert [Path(args.run_dir).parts[-3] for args in parsed] == ["fedit", "smartfed_k32"]
+    assert [Path(args.run_dir).parts[-3] for args in parsed] == ["smartfed_k32", "fedit"]
+    (tmp_path / "argv.log").unlink()
+    every = _final_evals(tmp_path, [str(results), "target_accuracy"], ENTRIES="")
+    assert [Path(args.run_dir).parts[-3] for args in every] == ["fedit", "fedit_r1", "smartfed_k32"]
 
 
 @pytest.mark.parametrize("task", ["cn_math", "math_code"])
