@@ -781,7 +781,8 @@ def rules(metric: str = EVAL_LOSS) -> list[str]:
         f"every model, the base and each pool module, at or below {FLOOR_ACCURACY:.0%} on the "
         "items benchmarks/pool_eval.sh scores, it cannot be measured on this model; the "
         f"{LOSS_WORDS[metric]} comparison stands in (SmartFed = the `smartfed` entry, SmartFed's "
-        "defaults).",
+        "defaults). A trained model's accuracy reads k/n with its 95 % Wilson interval and how "
+        "many answers gave a number at all (numeric: right or wrong).",
         "Router: trained parameters per client over the base model's, from the dry run (meta "
         f"device, no weights); holds below {CLAIM_ROUTER[1]}%, per router and model.",
         "10% of the data: SmartFed on 10% of every client's data (data_limited.sh) against FedIT "

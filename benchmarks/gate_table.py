@@ -170,6 +170,8 @@ def markdown(tables: list[dict[str, Any]]) -> str:
         "`.venv/bin/python benchmarks/gate_table.py`. One seed: a direction, not a verdict.",
         "Target sets: cn_math -> MGSM-zh in Math23K's format, math_code -> GSM-Hard in",
         "gsm8k_pal's format (`smartfed.data.targets`). Bytes a round: the last round's up + down.",
+        "Accuracy, where `benchmarks/final_evals.sh` scored seed 0: k/n greedy, its 95 % Wilson",
+        "interval and how many answers gave a number at all (numeric: right or wrong).",
         "",
     ]
     for table in tables:

@@ -564,7 +564,9 @@ def accuracy_notes(finished: list[dict], scored: list[str]) -> list[str]:
         "Accuracy: `benchmarks/final_evals.sh` scores each seed run's final model greedily "
         "(MGSM-zh: the generated equation's value; GSM-Hard and GSM8K: the generated program run "
         "in the sandbox); k/n pooled over the seeds scored so far, with its 95 % Wilson "
-        "interval; – where no run of the entry is scored.",
+        "interval and how many answers gave a number at all (*numeric*: an equation that "
+        "evaluates, a program that returns one; right or wrong); – where no run of the entry is "
+        "scored.",
     ]
     for which in scored:
         accuracies = [a for e in finished if (a := (e.get("accuracy") or {}).get(which))]

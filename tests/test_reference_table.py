@@ -442,6 +442,28 @@ def test_target_accuracy_columns_pool_the_scored_seeds(table, tmp_path):
     assert "every scored entry is at the floor" not in text
 
 
+def test_accuracy_counts_the_answers_that_gave_a_number(table, tmp_path):
+    """At the floor, a model that still writes an equation that evaluates (or a program that
+    returns a number) differs from one that loops: the pooled result counts the numeric answers
+    of every scored seed, and says nothing where a result kept no items."""
+    task = _task(tmp_path, on_target=True)
+    extracted = [[2, 9.5, None, "16/5？（60%）", "def solution(): ...", True], [0, None]]
+    for seed, answers in enumerate(extracted):
+        items = [{"extracted": a, "correct": False} for a in answers]
+        path = task / "smartfed" / "smartfed" / f"seed{seed}" / "accuracy_target.json"
+        path.write_text(json.dumps({"correct": 0, "n": len(items), "items": items}))
+    path = task / "fedit" / "fedit" / "seed0" / "accuracy_target.json"
+    path.write_text(json.dumps({"correct": 1, "n": 4}))  # no items kept
+    text = table.write_outputs("task", task, "cmd", metric="target_loss", with_plot=False)
+    entries = json.loads((task / "summary.json").read_text())["entries"]
+    assert entries["smartfed"]["accuracy"]["target"]["numeric"] == 3  # 2, 9.5, 0; not True
+    assert entries["fedit"]["accuracy"]["target"]["numeric"] is None
+    row = next(line for line in text.splitlines() if line.startswith("| smartfed |"))
+    assert row.endswith("; 3 numeric) |")
+    row = next(line for line in text.splitlines() if line.startswith("| fedit |"))
+    assert "numeric" not in row and row.endswith("%) |")
+
+
 def test_one_off_bytes_are_shown_apart_from_a_round(table, tmp_path):
     """Fed-SB's broadcast before round 1 (``bytes_setup``, inside round 1's bytes_down) is not a
     round's traffic: MiB / round leaves it out and shows it beside, MiB total keeps it."""

@@ -110,9 +110,15 @@ def pooled_accuracy(results: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     correct = sum(int(r["correct"]) for r in results)
     n = sum(int(r["n"]) for r in results)
+    # At the floor, whether a model still writes a usable answer (an equation that evaluates, a
+    # program that returns a number) separates the methods where accuracy cannot.
+    numeric = None
+    if all("items" in r for r in results):
+        numeric = sum(is_number(item.get("extracted")) for r in results for item in r["items"])
     return {
         "correct": correct,
         "n": n,
+        "numeric": numeric,
         "runs": len(results),
         "value": correct / n if n else None,
         "interval_95": wilson_interval(correct, n),
@@ -120,12 +126,19 @@ def pooled_accuracy(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def is_number(value: Any) -> bool:
+    """An extracted answer that is a number (not a program, an unparsed string or None)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def accuracy_text(accuracy: dict[str, Any] | None) -> str:
-    """``3/256 (1.2 %; 95 % 0.4-3.4 %)``, or – without a result."""
+    """``3/256 (1.2 %; 95 % 0.4-3.4 %; 201 numeric)``, or – without a result; the numeric count
+    only where every pooled result kept its items."""
     if not accuracy or not accuracy["n"]:
         return "–"
     low, high = accuracy["interval_95"]
+    numeric = accuracy.get("numeric")
     return (
         f"{accuracy['correct']}/{accuracy['n']} ({accuracy['value']:.1%}; "
-        f"95 % {low:.1%}–{high:.1%})"
+        f"95 % {low:.1%}–{high:.1%}{'' if numeric is None else f'; {numeric} numeric'})"
     )
