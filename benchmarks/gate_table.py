@@ -236,7 +236,10 @@ def ablation_markdown(table: dict[str, Any]) -> list[str]:
 
 
 def _signed(value: float | None) -> str:
-    return "–" if value is None else f"{value:+.4f}"
+    """A change with its sign; one that rounds to zero reads +0.0000, whichever side it is on."""
+    if value is None:
+        return "–"
+    return f"{round(value, 4) + 0.0:+.4f}"
 
 
 def main() -> None:

@@ -29,9 +29,11 @@ DEFAULTS="smartfed_diagonal smartfed_diagonal_k32 smartfed_diagonal_k32_eeqa sma
 # The paper's configuration one part at a time (its linear router dense / uniform K = 32):
 # beyond the bytes rule, run after the defaults' grid to say which part makes it the best SmartFed.
 PAPER_PARTS="smartfed_paper_dense smartfed_paper_k32"
-# The last (smartfed_pool_v2, the stronger pool) answers the reviewers' doubt in claims.py.
+# smartfed_residual_r1 (the ablation's best change on both tasks' seed 0) asks with 3 seeds whether
+# the pool adds anything to one fresh direction (fedit_r1); the last (smartfed_pool_v2, the
+# stronger pool) answers the reviewers' doubt in claims.py.
 SEEDED="fedit smartfed fed_sb_r26 fedit_r1 smartfed_paper fedit_r2 ffa_lora ffa_lora_r2
-        fedit_bf16 fed_sb_r31 pool_bridge mole merge smartfed_pool_v2"
+        fedit_bf16 fed_sb_r31 pool_bridge mole merge smartfed_residual_r1 smartfed_pool_v2"
 
 for stage in ${*:-gate seeds accuracy tables ablation defaults finalists}; do
   case $stage in

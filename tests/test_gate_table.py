@@ -112,3 +112,10 @@ def test_a_choice_at_an_end_of_its_grid_is_marked(tmp_path: Path) -> None:
     text = gate_table.markdown([table])
     assert "| smartfed | learning_rate=0.05 (highest of its grid) | 0.7000" in text
     assert "| fedit | learning_rate=0.01 | 0.8000" in text  # no grid recorded: no mark
+
+
+@pytest.mark.parametrize(
+    ("change", "shown"), [(-1e-7, "+0.0000"), (0.0, "+0.0000"), (-0.1963, "-0.1963"), (None, "–")]
+)
+def test_a_change_that_rounds_to_zero_has_no_minus_sign(change: float | None, shown: str) -> None:
+    assert gate_table._signed(change) == shown

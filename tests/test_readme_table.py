@@ -112,3 +112,19 @@ def test_replace_block(readme_table):
     assert readme_table.committed_block(new) == "| a |"
     with pytest.raises(SystemExit, match="expected one line"):
         readme_table.replace_block("no markers", "| a |")
+
+
+def test_one_seed_cannot_be_the_bold_lowest(readme_table, tmp_path):
+    """An entry still short of its seeds shows its count and leaves the bold to a full one."""
+    entries = {
+        "cn_math": {
+            "fedit": _entry([0.70, 0.71, 0.72], 0.5, 100),
+            "smartfed": _entry([0.60], 0.4, 10),
+        },
+        "math_code": {"fedit": _entry([0.20, 0.21, 0.22], 0.3, 100)},
+    }
+    block = readme_table.table(readme_table.load(_summaries(tmp_path, entries)))
+    smartfed_row = next(line for line in block.splitlines() if "SmartFed, defaults" in line)
+    fedit_row = next(line for line in block.splitlines() if line.startswith("| FedIT (fresh"))
+    assert "| 0.6000 (1 seed) |" in smartfed_row
+    assert "**0.7100 ± 0.0100**" in fedit_row

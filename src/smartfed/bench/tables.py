@@ -21,7 +21,7 @@ INF = "inf"  # a ratio whose entry reached the target at round 0 (0 rounds, 0 by
 # the other folders beside them are seed-0 studies (the ablation, the defaults' grid).
 TARGET_ENTRIES = ("fedit", "smartfed", "fed_sb_r26", "fedit_r1", "smartfed_paper", "fedit_r2",
                   "ffa_lora", "ffa_lora_r2", "fedit_bf16", "fed_sb_r31", "pool_bridge", "mole",
-                  "merge", "smartfed_pool_v2")  # fmt: skip
+                  "merge", "smartfed_residual_r1", "smartfed_pool_v2")  # fmt: skip
 TARGET_TEXT = {
     "T_merge": "merge's mean final loss",
     "T_half": "halfway from merge's to FedIT's mean final loss: merge + (FedIT - merge) / 2",
